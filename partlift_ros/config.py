@@ -1,0 +1,246 @@
+"""One config schema for the CLI, the ROS nodes and the tests.
+
+Nested dataclasses hold the paper's defaults; a YAML file only overrides keys it names.
+``flatten`` / ``apply_overrides`` turn the tree into dotted keys (``clustering.eps``) and back, which
+is how the ROS node exposes every key as a parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# SemanticKITTI's 19 evaluation classes, in the standard training order.
+SEMANTIC_KITTI_CLASSES = [
+    "car", "bicycle", "motorcycle", "truck", "other-vehicle", "person", "bicyclist",
+    "motorcyclist", "road", "parking", "sidewalk", "other-ground", "building", "fence",
+    "vegetation", "trunk", "terrain", "pole", "traffic-sign",
+]
+DEFAULT_UNSEEN = ["motorcycle", "truck", "bicyclist", "traffic-sign"]
+
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a cropped photo of a {}.",
+    "a close-up photo of a {}.",
+    "a blurry photo of a {}.",
+    "a photo of a {} in a street scene.",
+    "a low resolution photo of a {}.",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ClusteringConfig:
+    method: str = "supervoxel"  # "supervoxel" (annotation-free over-segmentation) | "dbscan"
+    front_view_only: bool = True  # cluster only points that project into a camera
+    remove_ground: bool = True  # dbscan: drop the ground before clustering
+    ground_distance: float = 0.25  # m, RANSAC plane inlier distance
+    ground_iterations: int = 100
+    eps: float = 0.5  # m, DBSCAN radius
+    min_samples: int = 5
+    voxel_size: float = 0.3  # m, supervoxel seed spacing
+    normal_weight: float = 1.0  # supervoxel: weight of normal angle in the merge cost
+    intensity_weight: float = 0.5
+    image_weight: float = 1.0  # supervoxel: respect image superpixel borders
+    max_superpoints: int = 300
+    min_points: int = 2  # superpoints with fewer points are invalid
+
+
+@dataclass
+class VisibilityConfig:
+    superpixel_method: str = "seeds"  # "seeds" | "slico" (opencv-contrib ximgproc) | "slic" (scikit-image)
+    num_superpixels: int = 800
+    depth_threshold: float = 0.5  # m, T_D: visible iff d - D_sp < T_D
+
+
+@dataclass
+class ClipConfig:
+    model: str = "openai/clip-vit-base-patch32"  # hub id or local folder
+    processor: str = ""  # tokenizer/preprocessor folder or id; "" = same as model
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
+    batch_size: int = 32
+    min_crop: int = 30  # px, crops are grown to at least min_crop x min_crop
+    crop_padding: float = 0.1  # fraction of the box size added on each side
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+
+
+@dataclass
+class AffinityConfig:
+    enabled: bool = True
+    mode: str = "offline"  # "offline" (block queue, looks ahead) | "online" (causal window)
+    scale: float = 20.0  # s in W = softmax(s F F^T)
+    beta: float = 2.0  # T = D^-1 W^beta (element-wise power)
+    queue_size: int = 200  # offline: pop the block once this many instances are queued
+    window_frames: int = 5  # online: refine the newest frame against the last K frames
+    max_instances: int = 2000  # hard cap on queued instances (bounded memory)
+
+
+@dataclass
+class SamConfig:
+    enabled: bool = False
+    model_type: str = "vit_b"
+    checkpoint: str = ""
+    mask_crops: bool = True  # grey out the background of the crop before CLIP
+    drop_outside: bool = True  # drop instance points projecting outside the mask
+
+
+@dataclass
+class PipelineConfig:
+    classes: list[str] = field(default_factory=lambda: list(SEMANTIC_KITTI_CLASSES))
+    # Generalized zero-shot: CLIP chooses among these only (empty = all classes).
+    unseen_classes: list[str] = field(default_factory=list)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.classes:
+            raise ConfigError("classes: the class list is empty")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes: duplicate names in {self.classes}")
+        unknown = [c for c in self.unseen_classes if c not in self.classes]
+        if unknown:
+            raise ConfigError(f"unseen_classes: {unknown} are not in classes {self.classes}")
+        if self.clustering.method not in ("supervoxel", "dbscan"):
+            raise ConfigError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {self.clustering.method!r}")
+        if self.visibility.superpixel_method not in ("seeds", "slico", "slic"):
+            raise ConfigError(
+                f"visibility.superpixel_method: expected seeds|slico|slic, got {self.visibility.superpixel_method!r}"
+            )
+        if self.affinity.mode not in ("offline", "online"):
+            raise ConfigError(f"affinity.mode: expected 'offline' or 'online', got {self.affinity.mode!r}")
+        if not self.clip.templates or any("{}" not in t for t in self.clip.templates):
+            raise ConfigError("clip.templates: each template must contain '{}'")
+        if self.clustering.min_points < 2:
+            raise ConfigError("clustering.min_points: superpoints need at least 2 points")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys -> leaf values, e.g. {'clustering.eps': 0.5, 'classes': [...]}."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    """Convert ``value`` to the type of the default, with an error that names the key."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(current, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+        if isinstance(current, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if isinstance(current, str):
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot use {value!r} as {type(current).__name__}") from exc
+    return value
+
+
+def apply_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """Return a copy of ``cfg`` with dotted or nested overrides applied; unknown keys raise."""
+    cfg = copy.deepcopy(cfg)
+    flat = flatten(cfg)
+    for key, value in _flatten_plain(overrides).items():
+        if key not in flat:
+            close = [k for k in flat if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        obj = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            obj = getattr(obj, p)
+        setattr(obj, parts[-1], _coerce(key, flat[key], value))
+    cfg.validate()
+    return cfg
+
+
+def _flatten_plain(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_plain(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Defaults, then the YAML file (if any), then explicit overrides."""
+    cfg = PipelineConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level")
+        cfg = apply_overrides(cfg, data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    cfg.validate()
+    return cfg
+
+
+def dump_config(cfg: PipelineConfig, path: str | os.PathLike) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

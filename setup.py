@@ -1,0 +1,57 @@
+"""ament_python package that is also pip-installable (``pip install -e .``)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "partlift_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*", "benchmarks"]),
+    package_data={PACKAGE: ["data/demo/*", "data/demo/**/*"]},
+    include_package_data=True,
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.1",
+        "transformers>=4.40",
+        "scikit-learn>=1.3",
+        "opencv-contrib-python-headless>=4.8",
+        "Pillow>=10",
+        "PyYAML>=6",
+        "typer>=0.12",
+        "rich>=13",
+        "rosbags>=0.10",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        # rclpy for machines without a ROS 2 install (a sourced ROS 2 provides these instead).
+        "ros-wheels": [
+            "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-sensor-msgs", "ros-std-msgs",
+            "ros-geometry-msgs", "ros-visualization-msgs",
+        ],
+        "spconv": ["spconv-cu120"],
+    },
+    zip_safe=False,
+    maintainer="partlift_ros developers",
+    maintainer_email="partlift-ros@users.noreply.github.com",
+    description="Open-vocabulary LiDAR semantic labelling by lifting CLIP into 3D (Affinity3D) and distilling it into a LiDAR-only student.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "partlift = partlift_ros.cli:main",
+            "labeller = partlift_ros.ros.labeller_node:main",
+            "student = partlift_ros.ros.student_node:main",
+        ],
+    },
+)
