@@ -68,6 +68,7 @@ class VisibilityConfig:
 class ClipConfig:
     model: str = "openai/clip-vit-base-patch32"  # hub id or local folder
     processor: str = ""  # tokenizer/preprocessor folder or id; "" = same as model
+    local_files_only: bool = False  # never reach the hub; use local folders or the HF cache only
     device: str = "cpu"  # "cpu" | "cuda" | "cuda:N"
     batch_size: int = 32
     min_crop: int = 30  # px, crops are grown to at least min_crop x min_crop

@@ -32,3 +32,36 @@ def tokenizer_dir() -> Path:
     if not (TOKENIZER_DIR / "vocab.json").is_file():
         pytest.skip(f"needs the CLIP tokenizer in {TOKENIZER_DIR} (../shared/models)")
     return TOKENIZER_DIR
+
+
+def tiny_clip_config():
+    """A small but complete CLIP architecture (random weights) so tests run fast on CPU."""
+    from transformers import CLIPConfig
+
+    return CLIPConfig(
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            max_position_embeddings=77, vocab_size=49408,
+        ),
+        vision_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+            image_size=224, patch_size=32,
+        ),
+        projection_dim=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
+    """A local CLIP model folder (random tiny weights + the real tokenizer), as a user would pass --clip-model."""
+    import shutil
+
+    import torch
+    from transformers import CLIPModel
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(tiny_clip_config()).save_pretrained(folder)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder

@@ -1,0 +1,45 @@
+"""Helpers shared by the CLI commands: config resolution and error reporting."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def split_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def resolve_config(config_file: Path | None, **overrides):
+    """Defaults <- YAML file <- command-line options (only those given)."""
+    from ..config import load_config
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return load_config(config_file, given)
+
+
+@contextmanager
+def reported_errors():
+    """Turn the library's precise exceptions into one red line and exit code 2 (no traceback)."""
+    from ..config import ConfigError
+    from ..types import InputError
+
+    load_error: tuple[type, ...] = ()
+    try:
+        from ..clip_labeling import ModelLoadError
+
+        load_error = (ModelLoadError,)
+    except ImportError:
+        pass
+    try:
+        yield
+    except (InputError, ConfigError, FileNotFoundError, *load_error) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None

@@ -1,0 +1,279 @@
+"""LabelPipeline: the one per-frame entry that the CLI, the ROS nodes and the tests drive.
+
+    frame ──► projection ──► superpixels ──► superpoints ──► visibility ──► CLIP crops ──► affinity ──► per-point labels
+
+``process(frame)`` returns the frames whose labels are final: in online mode always the frame just given;
+in offline mode (the paper's block queue) frames come out in blocks once enough instances are queued, and
+``flush()`` returns the rest at the end of a sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .calibration import Projection, project_points
+from .config import PipelineConfig
+from .types import IGNORE, Frame, LabelledCloud
+
+
+@dataclass
+class _Analysed:
+    """A frame after the per-frame stages, waiting for its affinity-refined scores."""
+
+    frame: Frame
+    instance: np.ndarray  # (N,) superpoint ids
+    visible: np.ndarray  # (N,) bool, visible in at least one camera
+    num_instances: int
+    valid: np.ndarray  # (M,) bool: had a crop and was scored
+    boxes: np.ndarray  # (M, 4) in the camera the crop came from
+    scores: np.ndarray  # (M_valid, C) CLIP softmax, zeros outside the candidate classes
+    features: np.ndarray  # (M_valid, D)
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class Geometry:
+    """What the CLIP-free stages know about a frame (per camera lists follow ``frame.cameras``)."""
+
+    projections: list[Projection]
+    superpixels: list[np.ndarray]
+    in_view: np.ndarray  # (N,) bool: projects into at least one image
+    instance: np.ndarray  # (N,) superpoint ids, IGNORE where none
+    num_instances: int
+    visible_per_camera: list[np.ndarray]
+    visible: np.ndarray  # (N,) bool: visible in at least one camera
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + (now - self._t) * 1e3
+        self._t = now
+
+
+class LabelPipeline:
+    def __init__(self, cfg: PipelineConfig, labeler=None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self._labeler = labeler
+        self._pending: OrderedDict[int, _Analysed] = OrderedDict()
+        self._next_key = 0
+        self._make_queue()
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def labeler(self):
+        """The CLIP labeller, loaded on first use so that construction stays cheap."""
+        if self._labeler is None:
+            from .clip_labeling import ClipLabeler
+
+            self._labeler = ClipLabeler.load(self.cfg.clip)
+        return self._labeler
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.cfg.classes)
+
+    def set_classes(self, classes: list[str], unseen: list[str] | None = None) -> None:
+        """Change the open vocabulary; queued frames are dropped since their score columns change."""
+        self.cfg.classes = list(classes)
+        self.cfg.unseen_classes = list(unseen or [])
+        self.cfg.validate()
+        self.reset()
+
+    def set_templates(self, templates: list[str]) -> None:
+        self.cfg.clip.templates = list(templates)
+        self.cfg.validate()
+        if self._labeler is not None:
+            self._labeler.cfg.templates = list(templates)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget queued frames and affinity context (e.g. after a class change or a jump in time)."""
+        self._pending.clear()
+        self._make_queue()
+
+    def _make_queue(self) -> None:
+        from .affinity import OfflineBlockQueue, OnlineWindow
+
+        a = self.cfg.affinity
+        if a.mode == "offline":
+            self._queue = OfflineBlockQueue(a.scale, a.beta, a.queue_size, a.max_instances)
+        else:
+            self._queue = OnlineWindow(a.scale, a.beta, a.window_frames)
+
+    def candidate_classes(self) -> np.ndarray:
+        """Indices of the classes CLIP may choose (the unseen ones in the zero-shot setting)."""
+        if not self.cfg.unseen_classes:
+            return np.arange(len(self.cfg.classes))
+        return np.array([self.cfg.classes.index(c) for c in self.cfg.unseen_classes])
+
+    def text_embeddings(self) -> np.ndarray:
+        """(C, D) normalised, prompt-ensembled text embeddings of the whole class list."""
+        emb = self.labeler.text_embeddings(self.cfg.classes)
+        return emb.detach().float().cpu().numpy()
+
+    # ----------------------------------------------------------------- per frame
+    def process(self, frame: Frame) -> list[LabelledCloud]:
+        """Label one frame; returns the frames whose labels are now final (see module doc)."""
+        analysed = self._analyse(frame)
+        key = self._next_key
+        self._next_key += 1
+        a = self.cfg.affinity
+        if not a.enabled:
+            return [self._finish(analysed, analysed.scores)]
+        if a.mode == "online":
+            refined = self._queue.push(key, analysed.features, analysed.scores)
+            return [self._finish(analysed, refined)]
+        self._pending[key] = analysed
+        return [self._finish(self._pending.pop(k), y) for k, y in self._queue.push(key, analysed.features, analysed.scores)]
+
+    def flush(self) -> list[LabelledCloud]:
+        """Refine and return every frame still queued (offline mode); no-op online."""
+        if self.cfg.affinity.mode != "offline" or not self.cfg.affinity.enabled:
+            return []
+        return [self._finish(self._pending.pop(k), y) for k, y in self._queue.flush()]
+
+    def geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
+        """The CLIP-free stages: projection, superpixels, superpoints and visibility."""
+        from .clustering import segment_superpoints
+        from .visibility import compute_superpixels, visible_mask
+
+        frame.validate()
+        cfg = self.cfg
+        clock = clock or _StageClock()
+        points = np.ascontiguousarray(frame.points[:, :4], dtype=np.float32)
+        n = points.shape[0]
+
+        projections: list[Projection] = []
+        superpixels: list[np.ndarray] = []
+        for cam in frame.cameras:
+            projections.append(project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D))
+            clock.lap("projection")
+            superpixels.append(compute_superpixels(cam.image, cfg.visibility))
+            clock.lap("superpixels")
+
+        in_view = np.zeros(n, dtype=bool)
+        for p in projections:
+            in_view |= p.in_image
+        eligible = in_view.copy() if cfg.clustering.front_view_only else np.ones(n, dtype=bool)
+        if frame.seen_labels is not None:
+            eligible &= np.asarray(frame.seen_labels) < 0
+        instance = segment_superpoints(points, cfg.clustering, eligible, list(zip(projections, superpixels)))
+        clock.lap("superpoints")
+
+        visible_per_cam = [
+            visible_mask(p, sp, cfg.visibility.depth_threshold) for p, sp in zip(projections, superpixels)
+        ]
+        visible = np.zeros(n, dtype=bool)
+        for v in visible_per_cam:
+            visible |= v
+        clock.lap("visibility")
+        m = int(instance.max()) + 1 if instance.size and instance.max() >= 0 else 0
+        return Geometry(projections, superpixels, in_view, instance, m, visible_per_cam, visible)
+
+    def _analyse(self, frame: Frame) -> _Analysed:
+        from .clip_labeling import crop_images, instance_boxes
+
+        cfg = self.cfg
+        clock = _StageClock()
+        g = self.geometry(frame, clock)
+        projections, visible_per_cam, instance, visible, m = (
+            g.projections, g.visible_per_camera, g.instance, g.visible, g.num_instances
+        )
+        crops, valid, boxes = self._crops(frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images)
+        clock.lap("crops")
+
+        c = len(cfg.classes)
+        scores = np.zeros((int(valid.sum()), c), dtype=np.float32)
+        features = np.zeros((int(valid.sum()), 0), dtype=np.float32)
+        if crops:
+            cand = self.candidate_classes()
+            text = self.labeler.text_embeddings([cfg.classes[i] for i in cand])
+            features = self.labeler.encode_crops(crops)
+            scores[:, cand] = self.labeler.scores(features, text)
+        clock.lap("clip")
+        return _Analysed(frame, instance, visible, m, valid, boxes, scores, features, clock.times)
+
+    def _crops(self, frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images):
+        """One crop per instance, from the camera that sees most of its points (ties: first camera)."""
+        cfg = self.cfg.clip
+        boxes = np.zeros((m, 4), dtype=np.int32)
+        if m == 0:
+            return [], np.zeros(0, dtype=bool), boxes
+        has = instance >= 0
+        counts = np.stack([
+            np.bincount(instance[has & v], minlength=m) for v in visible_per_cam
+        ])  # (cameras, M)
+        best = counts.argmax(axis=0)
+        valid = counts.max(axis=0) > 0
+        crop_of: dict[int, np.ndarray] = {}
+        for ci, (cam, proj, vis) in enumerate(zip(frame.cameras, projections, visible_per_cam)):
+            chosen = valid & (best == ci)
+            if not chosen.any():
+                continue
+            b, has_box = instance_boxes(
+                proj.uv, np.where(np.isin(instance, np.flatnonzero(chosen)), instance, IGNORE), vis, m,
+                cam.size, cfg.min_crop, cfg.crop_padding,
+            )
+            boxes[chosen] = b[chosen]
+            valid &= ~chosen | has_box
+            ids = np.flatnonzero(chosen & has_box)
+            for i, crop in zip(ids, crop_images(cam.image, b[ids], np.ones(len(ids), dtype=bool))):
+                crop_of[int(i)] = crop
+        crops = [crop_of[int(i)] for i in np.flatnonzero(valid)]
+        return crops, valid, boxes
+
+    def _finish(self, a: _Analysed, refined: np.ndarray) -> LabelledCloud:
+        t0 = time.perf_counter()
+        frame = a.frame
+        n = frame.points.shape[0]
+        c = len(self.cfg.classes)
+        m = a.num_instances
+        full_scores = np.zeros((m, c), dtype=np.float32)
+        full_refined = np.zeros((m, c), dtype=np.float32)
+        full_scores[a.valid] = a.scores
+        full_refined[a.valid] = refined
+        feat_dim = a.features.shape[1] if a.features.ndim == 2 else 0
+        full_features = np.zeros((m, feat_dim), dtype=np.float32)
+        full_features[a.valid] = a.features
+
+        label = np.full(n, IGNORE, dtype=np.int32)
+        confidence = np.zeros(n, dtype=np.float32)
+        inst = a.instance
+        take = a.visible & (inst >= 0)
+        take[take] = a.valid[inst[take]]
+        if m:
+            best = full_refined.argmax(axis=1).astype(np.int32)
+            conf = full_refined.max(axis=1)
+            label[take] = best[inst[take]]
+            confidence[take] = conf[inst[take]]
+        if frame.seen_labels is not None:
+            seen = np.asarray(frame.seen_labels) >= 0
+            label[seen] = np.asarray(frame.seen_labels)[seen]
+            confidence[seen] = 1.0
+        timings = dict(a.timings_ms)
+        timings["affinity_and_labels"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = sum(timings.values())
+        return LabelledCloud(
+            frame=frame,
+            class_names=list(self.cfg.classes),
+            label=label,
+            confidence=confidence,
+            instance=inst.astype(np.int32),
+            visible=a.visible,
+            instance_scores=full_scores,
+            instance_refined=full_refined,
+            instance_features=full_features,
+            instance_valid=a.valid.copy(),
+            instance_boxes=a.boxes,
+            timings_ms=timings,
+        )

@@ -1,0 +1,57 @@
+"""Test fixture for the student tests: a `partlift label`-style run made from ground truth.
+
+Not a labelling result: the "pseudo-labels" are SemanticKITTI ground-truth classes, the "superpoints" are
+(class, 2 m × 2 m cell) groups, confidence is a constant and the class text embeddings are random unit
+vectors. It is written with the real run writer, so the student reads exactly the files `partlift label`
+produces.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from partlift_ros.calibration import project_points
+from partlift_ros.config import SEMANTIC_KITTI_CLASSES, PipelineConfig
+from partlift_ros.io.kitti import KittiSequenceReader
+from partlift_ros.io.writers import LabelRunWriter
+from partlift_ros.semantickitti import map_raw_labels
+from partlift_ros.types import IGNORE, LabelledCloud
+
+
+def grid_units(points: np.ndarray, label: np.ndarray, cell: float = 2.0) -> np.ndarray:
+    """Superpoint stand-ins: labelled points grouped by (class, xy cell); unlabelled -> IGNORE."""
+    cells = np.floor(points[:, :2] / cell).astype(np.int64)
+    keys = np.stack([label, cells[:, 0], cells[:, 1]], axis=1)
+    _, unit = np.unique(keys, axis=0, return_inverse=True)
+    return np.where(label >= 0, unit.reshape(-1), IGNORE).astype(np.int32)
+
+
+def write_gt_pseudo_label_run(out: Path, sequence_dir: Path, indices, confidence: float = 0.9,
+                              embedding_dim: int = 16, seed: int = 0) -> Path:
+    classes = list(SEMANTIC_KITTI_CLASSES)
+    reader = KittiSequenceReader(sequence_dir)
+    position = {index: p for p, index in enumerate(reader.frame_indices)}
+    writer = LabelRunWriter(out, classes, PipelineConfig())
+    for index in indices:
+        frame = reader.read(position[index])
+        label = map_raw_labels(reader.read_labels(index)).astype(np.int32)
+        unit = grid_units(frame.points, label)
+        m = int(unit.max()) + 1
+        cam = frame.camera
+        visible = project_points(frame.points, cam.K, cam.T_cam_lidar, cam.size).in_image
+        writer.write(LabelledCloud(
+            frame=frame, class_names=classes, label=label,
+            confidence=np.where(label >= 0, confidence, 0.0).astype(np.float32),
+            instance=unit, visible=visible,
+            instance_scores=np.zeros((m, len(classes)), np.float32),
+            instance_refined=np.zeros((m, len(classes)), np.float32),
+            instance_features=np.zeros((m, 1), np.float32),
+            instance_valid=np.ones(m, bool),
+        ))
+    emb = np.random.default_rng(seed).normal(size=(len(classes), embedding_dim)).astype(np.float32)
+    np.save(out / "text_embeddings.npy", emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    (out / "source.yaml").write_text(yaml.safe_dump({"kind": "kitti", "path": str(sequence_dir)}))
+    return out

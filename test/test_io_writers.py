@@ -1,0 +1,145 @@
+"""Run folders: SemanticKITTI-style label encoding, atomic writes, resume rules, timing summary."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from partlift_ros.config import PipelineConfig
+from partlift_ros.io.writers import (
+    LabelRunWriter, decode_labels, encode_labels, label_path, read_run_classes, read_run_frame,
+    read_run_labels, timing_summary,
+)
+from partlift_ros.types import IGNORE, CameraView, Frame, InputError, LabelledCloud
+
+CLASSES = ["car", "road", "vegetation"]
+
+
+def labelled(index=4, n=50, m=6, seed=0):
+    rng = np.random.default_rng(seed)
+    frame = Frame(
+        points=rng.normal(size=(n, 4)).astype(np.float32),
+        cameras=[CameraView(np.zeros((4, 4, 3), np.uint8), np.eye(3), np.eye(4))],
+        stamp=12.5, index=index,
+    )
+    label = rng.integers(-1, len(CLASSES), n).astype(np.int32)
+    instance = rng.integers(-1, m, n).astype(np.int32)
+    scores = rng.random((m, len(CLASSES))).astype(np.float32)
+    return LabelledCloud(
+        frame=frame, class_names=list(CLASSES), label=label,
+        confidence=np.where(label >= 0, rng.random(n), 0).astype(np.float32),
+        instance=instance, visible=rng.random(n) > 0.5,
+        instance_scores=scores, instance_refined=scores[::-1].copy(),
+        instance_features=rng.normal(size=(m, 8)).astype(np.float32),
+        instance_valid=np.arange(m) % 2 == 0,
+        instance_boxes=rng.integers(0, 100, (m, 4)).astype(np.int32),
+        timings_ms={"clip": 10.0 + seed, "clustering": 2.0},
+    )
+
+
+def test_label_encoding_matches_semantickitti_layout():
+    packed = encode_labels(np.array([IGNORE, 0, 2, 5]), np.array([3, IGNORE, 0, 65533]))
+    assert packed.dtype == np.uint32
+    assert (packed & 0xFFFF).tolist() == [0, 1, 3, 6]  # class id + 1, 0 = ignore
+    assert (packed >> 16).tolist() == [4, 0, 1, 65534]  # superpoint id + 1, 0 = none
+    cls, sp = decode_labels(packed)
+    assert cls.tolist() == [IGNORE, 0, 2, 5] and sp.tolist() == [3, IGNORE, 0, 65533]
+    with pytest.raises(InputError, match="superpoint ids"):
+        encode_labels(np.array([0]), np.array([70000]))
+    with pytest.raises(InputError, match="class ids"):
+        encode_labels(np.array([-2]), np.array([0]))
+
+
+def test_write_then_read_back_every_array(tmp_path):
+    lc = labelled()
+    writer = LabelRunWriter(tmp_path / "run", CLASSES, PipelineConfig())
+    assert not writer.done(4)
+    writer.write(lc)
+    assert writer.done(4)
+    cls, sp = read_run_labels(tmp_path / "run", 4)
+    np.testing.assert_array_equal(cls, lc.label)
+    np.testing.assert_array_equal(sp, lc.instance)
+    assert cls.dtype == np.int32 and sp.dtype == np.int32
+    arrays = read_run_frame(tmp_path / "run", 4)
+    for name in ("confidence", "visible", "instance", "instance_scores", "instance_refined",
+                 "instance_features", "instance_valid", "instance_boxes"):
+        np.testing.assert_array_equal(arrays[name], getattr(lc, name), err_msg=name)
+    assert float(arrays["stamp"]) == 12.5
+    assert read_run_classes(tmp_path / "run") == CLASSES
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["classes"] == PipelineConfig().classes and "clustering" in cfg
+    # the .label file is what SemanticKITTI tools read: plain little-endian uint32, one per point
+    assert label_path(tmp_path / "run", 4).stat().st_size == 4 * lc.num_points
+    assert not [p for p in (tmp_path / "run").rglob("*.tmp")]  # no temp files left behind
+
+
+def test_done_needs_both_files(tmp_path):
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    writer.write(labelled(index=7))
+    os.unlink(tmp_path / "frames" / "000007.npz")
+    assert not writer.done(7)  # a half-finished frame is redone
+    writer.write(labelled(index=7))
+    os.unlink(tmp_path / "labels" / "000007.label")
+    assert not writer.done(7)
+
+
+def test_failed_write_leaves_no_label_and_no_partial_file(tmp_path, monkeypatch):
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    import partlift_ros.io.writers as w
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(w.np, "savez_compressed", boom)  # dies while building the .npz
+    with pytest.raises(OSError):
+        writer.write(labelled(index=1))
+    assert not writer.done(1)
+    assert not (tmp_path / "labels" / "000001.label").exists()
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_resume_with_same_classes_keeps_done_frames(tmp_path):
+    LabelRunWriter(tmp_path, CLASSES, PipelineConfig()).write(labelled(index=2))
+    again = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    assert again.done(2) and not again.done(3)
+
+
+def test_resume_with_other_classes_is_refused(tmp_path):
+    LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    with pytest.raises(InputError, match="different classes"):
+        LabelRunWriter(tmp_path, ["car", "road"], PipelineConfig())
+    assert read_run_classes(tmp_path) == CLASSES  # the old run is left alone
+
+
+def test_write_rejects_mismatched_frames(tmp_path):
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    lc = labelled()
+    lc.class_names = ["a", "b", "c"]
+    with pytest.raises(InputError, match="labelled with classes"):
+        writer.write(lc)
+    lc = labelled()
+    lc.confidence = lc.confidence[:-1]
+    with pytest.raises(InputError, match="confidence has 49 values for 50 points"):
+        writer.write(lc)
+
+
+def test_timing_json_has_median_and_p90(tmp_path):
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    for seed in range(11):  # clip: 10..20 ms
+        writer.write(labelled(index=seed, seed=seed))
+    data = json.loads(writer.write_timing().read_text())
+    assert data["clip"]["median_ms"] == pytest.approx(15.0)
+    assert data["clip"]["p90_ms"] == pytest.approx(19.0)
+    assert data["clustering"]["frames"] == 11
+    assert timing_summary({"a": [1.0, 3.0]})["a"]["median_ms"] == 2.0
+
+
+def test_readers_report_missing_files(tmp_path):
+    with pytest.raises(InputError, match="no classes.yaml"):
+        read_run_classes(tmp_path)
+    with pytest.raises(InputError, match="label file not found"):
+        read_run_labels(tmp_path, 0)
+    with pytest.raises(InputError, match="frame file not found"):
+        read_run_frame(tmp_path, 0)

@@ -1,0 +1,121 @@
+"""LabelPipeline on real frames with a randomly initialised CLIP: the maths around the model, not its answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import tiny_clip_config
+from partlift_ros.config import PipelineConfig, apply_overrides
+from partlift_ros.types import IGNORE, InputError
+
+
+@pytest.fixture(scope="module")
+def labeler(tokenizer_dir):
+    from partlift_ros.clip_labeling import ClipLabeler
+
+    return ClipLabeler.from_config(tiny_clip_config(), tokenizer_dir, PipelineConfig().clip)
+
+
+@pytest.fixture(scope="module")
+def frames(seq08):
+    from partlift_ros.io.kitti import KittiSequenceReader
+
+    reader = KittiSequenceReader(seq08)
+    return [reader.read(i) for i in reader.frame_indices[:3]]
+
+
+def make(labeler, **overrides):
+    from partlift_ros.pipeline import LabelPipeline
+
+    return LabelPipeline(apply_overrides(PipelineConfig(), overrides), labeler=labeler)
+
+
+def test_online_frame_gets_labels_only_on_visible_points_of_valid_superpoints(labeler, frames):
+    pipe = make(labeler, **{"affinity.mode": "online"})
+    (out,) = pipe.process(frames[0])
+    n = frames[0].points.shape[0]
+    assert out.label.shape == out.confidence.shape == out.instance.shape == out.visible.shape == (n,)
+    labelled = out.label != IGNORE
+    assert labelled.any()
+    # A label needs a visible point of a superpoint that had a crop.
+    assert out.visible[labelled].all()
+    assert (out.instance[labelled] >= 0).all()
+    assert out.instance_valid[out.instance[labelled]].all()
+    # Every visible point of a valid superpoint is labelled, with its superpoint's argmax and max score.
+    should = out.visible & (out.instance >= 0)
+    should[should] = out.instance_valid[out.instance[should]]
+    np.testing.assert_array_equal(labelled, should)
+    best = out.instance_refined.argmax(axis=1)
+    np.testing.assert_array_equal(out.label[labelled], best[out.instance[labelled]])
+    np.testing.assert_allclose(out.confidence[labelled], out.instance_refined.max(axis=1)[out.instance[labelled]], rtol=1e-6)
+    assert (out.confidence[~labelled] == 0).all()
+    # Refined scores of valid superpoints are distributions over the classes.
+    np.testing.assert_allclose(out.instance_refined[out.instance_valid].sum(axis=1), 1.0, rtol=1e-4)
+    # Superpoints with fewer than 2 points never exist.
+    counts = np.bincount(out.instance[out.instance >= 0])
+    assert counts.min() >= 2
+    assert set(out.timings_ms) >= {"projection", "superpixels", "superpoints", "visibility", "clip", "total"}
+
+
+def test_affinity_off_keeps_raw_clip_scores(labeler, frames):
+    pipe = make(labeler, **{"affinity.enabled": False})
+    (out,) = pipe.process(frames[0])
+    np.testing.assert_array_equal(out.instance_refined, out.instance_scores)
+
+
+def test_online_affinity_mixes_scores_of_similar_instances(labeler, frames):
+    pipe = make(labeler, **{"affinity.mode": "online", "affinity.scale": 5.0})
+    (out,) = pipe.process(frames[0])
+    valid = out.instance_valid
+    assert not np.allclose(out.instance_refined[valid], out.instance_scores[valid])
+
+
+def test_offline_block_queue_returns_every_frame_once_in_order(labeler, frames):
+    pipe = make(labeler, **{"affinity.mode": "offline", "affinity.queue_size": 50})
+    got = []
+    for f in frames:
+        got += pipe.process(f)
+    got += pipe.flush()
+    assert [lc.frame.index for lc in got] == [f.index for f in frames]
+    assert pipe.flush() == []
+
+
+def test_zero_shot_keeps_seen_labels_and_lets_clip_choose_only_unseen(labeler, frames):
+    frame = frames[0]
+    classes = PipelineConfig().classes
+    unseen = ["motorcycle", "truck", "bicyclist", "traffic-sign"]
+    seen = np.full(frame.points.shape[0], IGNORE, dtype=np.int32)
+    seen[::3] = classes.index("road")
+    frame = type(frame)(**{**frame.__dict__, "seen_labels": seen})
+    pipe = make(labeler, unseen_classes=unseen, **{"clustering.method": "dbscan", "affinity.mode": "online"})
+    (out,) = pipe.process(frame)
+    keep = seen >= 0
+    np.testing.assert_array_equal(out.label[keep], seen[keep])
+    assert (out.instance[keep] == IGNORE).all()  # seen points are not clustered
+    chosen = out.label[~keep & (out.label != IGNORE)]
+    assert chosen.size > 0
+    assert set(np.unique(chosen)) <= {classes.index(c) for c in unseen}
+
+
+def test_changing_classes_changes_the_score_columns(labeler, frames):
+    pipe = make(labeler, **{"affinity.mode": "online"})
+    pipe.set_classes(["car", "road", "tree"])
+    (out,) = pipe.process(frames[0])
+    assert out.instance_scores.shape[1] == 3
+    assert out.class_names == ["car", "road", "tree"]
+    assert set(np.unique(out.label)) <= {IGNORE, 0, 1, 2}
+
+
+def test_bad_frames_raise_specific_errors(labeler, frames):
+    pipe = make(labeler, **{"affinity.mode": "online"})
+    f = frames[0]
+    nan_points = f.points.copy()
+    nan_points[5, 1] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        pipe.process(type(f)(**{**f.__dict__, "points": nan_points}))
+    with pytest.raises(InputError, match="empty scan"):
+        pipe.process(type(f)(**{**f.__dict__, "points": np.zeros((0, 4), np.float32)}))
+    # The pipeline still works after rejecting bad frames.
+    (out,) = pipe.process(f)
+    assert (out.label != IGNORE).any()
