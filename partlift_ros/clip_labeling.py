@@ -186,7 +186,9 @@ class CropPreprocessor:
         if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8 or 0 in crop.shape:
             raise InputError(f"encode_crops: each crop must be a non-empty (H, W, 3) uint8 RGB array, got "
                              f"{crop.shape} {crop.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None]
+        if not (crop.flags.c_contiguous and crop.flags.writeable):
+            crop = np.array(crop, order="C")  # torch wants writable memory; views of the image are strided
+        x = torch.from_numpy(crop).permute(2, 0, 1)[None]
         h, w = crop.shape[:2]
         out_hw = self._resized_hw(h, w)
         if out_hw != (h, w):

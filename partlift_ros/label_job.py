@@ -135,13 +135,6 @@ class JobSummary:
     seconds: float = 0.0
 
 
-def stage_stats(stage_ms: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {
-        k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "frames": len(v)}
-        for k, v in stage_ms.items() if v
-    }
-
-
 def run_label_job(
     pipeline,
     spec: SourceSpec,
@@ -157,6 +150,8 @@ def run_label_job(
     cfg: PipelineConfig = pipeline.cfg
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
+    # Load CLIP (and fail on a bad model) before anything is written.
+    text_embeddings = pipeline.text_embeddings()
     writer = LabelRunWriter(out_dir, cfg.classes, cfg)
     atomic_write_text(out_dir / "source.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     summary = JobSummary()
@@ -169,7 +164,7 @@ def run_label_job(
         return False
 
     if not (out_dir / "text_embeddings.npy").is_file():
-        _save_npy(out_dir / "text_embeddings.npy", pipeline.text_embeddings())
+        _save_npy(out_dir / "text_embeddings.npy", text_embeddings)
     bag = None
     if bag_out is not None:
         from .io.bag_writer import LabelledBagWriter
@@ -201,7 +196,7 @@ def run_label_job(
     finally:
         if bag is not None:
             bag.close()
-    writer.write_timing(stage_stats(summary.stage_ms))
+    writer.write_timing(summary.stage_ms)
     summary.seconds = time.perf_counter() - t_start
     return summary
 

@@ -30,8 +30,8 @@ def _as_stamps(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
 
 def _check_slop(slop: float) -> float:
     slop = float(slop)
-    if not np.isfinite(slop) or slop < 0:
-        raise InputError(f"slop must be a finite number >= 0 seconds, got {slop}")
+    if np.isnan(slop) or slop < 0:
+        raise InputError(f"slop must be a number >= 0 seconds (inf = no limit), got {slop}")
     return slop
 
 

@@ -93,7 +93,7 @@ class LabelPipeline:
         self.cfg.clip.templates = list(templates)
         self.cfg.validate()
         if self._labeler is not None:
-            self._labeler.cfg.templates = list(templates)
+            self._labeler.templates = list(templates)
         self.reset()
 
     def reset(self) -> None:

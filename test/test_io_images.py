@@ -106,3 +106,15 @@ def test_image_msg_fields_round_trip():
     np.testing.assert_array_equal(decode_image(SimpleNamespace(**fields)), RGB)
     with pytest.raises(InputError):
         image_msg_fields(RGB[:, :, 0])
+
+
+def test_rclpy_messages_decode_too():
+    import array
+
+    msgs = pytest.importorskip("sensor_msgs.msg")
+    fields = image_msg_fields(RGB)
+    fields["data"] = array.array("B", fields["data"].tobytes())  # what rclpy stores
+    np.testing.assert_array_equal(decode_any_image(msgs.Image(**fields)), RGB)
+    png = cv2.imencode(".png", RGB[:, :, ::-1])[1].tobytes()
+    compressed = msgs.CompressedImage(format="png", data=array.array("B", png))
+    np.testing.assert_array_equal(decode_any_image(compressed), RGB)

@@ -143,8 +143,12 @@ class BagOutput:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp_root = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"))
         self._bag_dir = self._tmp_root / self.path.stem  # rosbags names the storage file after its folder
-        self._writer = Writer(self._bag_dir, version=BAG_VERSION, storage_plugin=plugin)
-        self._writer.open()
+        try:
+            self._writer = Writer(self._bag_dir, version=BAG_VERSION, storage_plugin=plugin)
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp_root, ignore_errors=True)
+            raise
         self._connections: dict[str, Any] = {}
         self._closed = False
 
@@ -229,8 +233,9 @@ class LabelledBagWriter:
 
     Per cloud: ``<ns>/labelled_points`` (PointCloud2 x y z intensity label confidence instance rgb),
     ``<ns>/instance_markers`` (MarkerArray: DELETEALL, then a TEXT_VIEW_FACING "class 0.87" at each
-    labelled instance's centroid) and ``<ns>/overlay`` (rgb8 camera image with the class-coloured
-    points); ``/tf_static`` (lidar -> camera) once, with the first cloud.
+    labelled instance's centroid), ``<ns>/overlay`` (rgb8 camera image with the class-coloured
+    points) and ``<ns>/camera_info`` (its calibration, for RViz's Camera display and so that
+    RosbagReader can read the bag back); ``/tf_static`` (lidar -> camera) once, with the first cloud.
     """
 
     def __init__(
@@ -251,11 +256,13 @@ class LabelledBagWriter:
             "points": f"{ns}/labelled_points",
             "markers": f"{ns}/instance_markers",
             "overlay": f"{ns}/overlay",
+            "camera_info": f"{ns}/camera_info",
             "tf": "/tf_static",
         }
         self.bag.add_topic(self.topics["points"], "sensor_msgs/msg/PointCloud2")
         self.bag.add_topic(self.topics["markers"], "visualization_msgs/msg/MarkerArray")
         self.bag.add_topic(self.topics["overlay"], "sensor_msgs/msg/Image")
+        self.bag.add_topic(self.topics["camera_info"], "sensor_msgs/msg/CameraInfo")
         self.bag.add_topic(self.topics["tf"], "tf2_msgs/msg/TFMessage", latched=True)
         self.point_radius = int(point_radius)
         self.text_size = float(text_size)
@@ -274,7 +281,7 @@ class LabelledBagWriter:
 
         frame = labelled.frame
         palette = self._palette_for(labelled)
-        if not self._wrote_tf:
+        if not self._wrote_tf and frame.cameras:
             edges = [(frame.frame_id, cam.frame_id, invert_se3(np.asarray(cam.T_cam_lidar))) for cam in frame.cameras]
             self.bag.write(self.topics["tf"], tf_static_msg(self.ts, edges, frame.stamp), frame.stamp)
             self._wrote_tf = True
@@ -282,7 +289,10 @@ class LabelledBagWriter:
         self.bag.write(self.topics["points"], pointcloud2_msg(self.ts, cloud, frame.stamp, frame.frame_id), frame.stamp)
         self.bag.write(self.topics["markers"], self._markers(labelled, palette), frame.stamp)
         if frame.cameras:
+            cam = frame.camera
             self.bag.write(self.topics["overlay"], self._overlay(labelled, palette), frame.stamp)
+            info = camera_info_msg(self.ts, cam.K, cam.size, frame.stamp, cam.frame_id, D=cam.D)
+            self.bag.write(self.topics["camera_info"], info, frame.stamp)
         self.count += 1
 
     def _overlay(self, labelled: LabelledCloud, palette: np.ndarray) -> Any:

@@ -127,6 +127,9 @@ class LabellerNode(Node):
 
         self._LabelPipeline, self._palette_for = LabelPipeline, palette_for
         self._pipeline = LabelPipeline(cfg, labeler=labeler)
+        if labeler is not None:
+            # An injected labeller keeps its own template list; make it follow this node's parameters.
+            self._pipeline.set_templates(cfg.clip.templates)
         self._palette = palette_for(cfg.classes)
 
         self._lock = threading.RLock()  # guards everything below that callbacks and the worker share
@@ -546,6 +549,7 @@ class LabellerNode(Node):
 
     def diagnostic_statuses(self) -> list:
         ok, warn = 0, 1
+        me = self.get_fully_qualified_name()
         now = time.monotonic()
         stale_after = max(2.0, 3 * self.settings.diagnostics_period)
         with self._lock:
@@ -567,17 +571,17 @@ class LabellerNode(Node):
         if proc is not None:
             processing.update({f"processing ms p{q}": f"{np.percentile(proc, q):.1f}" for q in (50, 95)})
         return [
-            conv.diagnostic_status("labeller: inputs", warn if missing else ok,
+            conv.diagnostic_status(f"{me}: inputs", warn if missing else ok,
                                    f"no recent {', '.join(missing)}" if missing else "all inputs fresh", freshness),
-            conv.diagnostic_status("labeller: pairing", ok if success >= 0.5 or clouds == 0 else warn,
+            conv.diagnostic_status(f"{me}: pairing", ok if success >= 0.5 or clouds == 0 else warn,
                                    f"{paired} of {paired + unpaired} clouds paired with an image",
                                    {"clouds paired": paired, "clouds without image": unpaired,
                                     "pairing success": f"{success:.3f}"}),
-            conv.diagnostic_status("labeller: rejected inputs", warn if new_rejections else ok,
+            conv.diagnostic_status(f"{me}: rejected inputs", warn if new_rejections else ok,
                                    f"{sum(rejected.values())} rejected ({new_rejections} since last report)",
                                    {**{f"rejected {k}": v for k, v in sorted(rejected.items())},
                                     **{f"repaired {k}": v for k, v in sorted(repaired.items())}}),
-            conv.diagnostic_status("labeller: processing", warn if paired and not labelled else ok,
+            conv.diagnostic_status(f"{me}: processing", warn if paired and not labelled else ok,
                                    f"{labelled} frames labelled, {dropped} dropped while busy", processing),
         ]
 

@@ -353,8 +353,12 @@ def _spconv_forward(conv: SparseConv3d, x: SparseVoxels) -> SparseVoxels:
         if x.coords.shape[0] and int(x.coords[:, 1:].min()) < 0:
             raise InputError("the spconv backend needs non-negative voxel coordinates")
         ctx.spatial_shapes[x.stride] = (x.coords[:, 1:].amax(0) + 1).tolist() if x.coords.shape[0] else [1, 1, 1]
+    shape = ctx.spatial_shapes[x.stride]
+    if conv.stride > 1 and not conv.transposed:
+        # spconv drops the last row of an odd extent (floor((D - k) / s) + 1 outputs); pad it to a multiple.
+        shape = [-(-d // conv.stride) * conv.stride for d in shape]
     tensor = spconv.SparseConvTensor(
-        x.feats.contiguous(), x.coords.contiguous(), ctx.spatial_shapes[x.stride], max(x.batch_size, 1),
+        x.feats.contiguous(), x.coords.contiguous(), shape, max(x.batch_size, 1),
         indice_dict=ctx.spconv_indice_dict,
     )
     weight = to_spconv_weight(conv.weight.to(x.feats.dtype), conv.kernel_size).contiguous()

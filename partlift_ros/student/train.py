@@ -164,6 +164,18 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def student_state(model, model_args: dict, class_names: Sequence[str], text_embeddings: np.ndarray,
+                  cfg: TrainConfig) -> dict:
+    """What inference needs (``infer.load_student``): weights, how to rebuild the model, the vocabulary."""
+    return {
+        "model": model.state_dict(),
+        "model_args": dict(model_args),
+        "class_names": list(class_names),
+        "text_embeddings": np.asarray(text_embeddings, np.float32),
+        "config": dataclasses.asdict(cfg),
+    }
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save into memory, then an atomic rename: a crash never leaves half a checkpoint."""
     buf = io.BytesIO()
@@ -232,7 +244,7 @@ class _Trainer:
     # ------------------------------------------------------------------ state
     def state(self, round_: int, epoch: int, global_step: int) -> dict:
         return {
-            "model": self.model.state_dict(),
+            **student_state(self.model, self.model_args, self.class_names, self.dataset.text_embeddings, self.cfg),
             "fusion": None if self.fusion is None else self.fusion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -242,11 +254,7 @@ class _Trainer:
             "global_step": global_step,
             "rng": _rng_state(),
             "unit_scores": list(self.dataset.unit_scores),
-            "class_names": list(self.class_names),
-            "text_embeddings": self.dataset.text_embeddings,
             "class_counts": self.class_counts,
-            "model_args": dict(self.model_args),
-            "config": dataclasses.asdict(self.cfg),
             "run_dirs": [str(d) for d in self.dataset.run_dirs],
         }
 

@@ -1,0 +1,332 @@
+"""rosbag2 (.mcap, .db3 or a bag folder) -> Frame, without ROS (rosbags' AnyReader).
+
+A first pass reads only what pairing needs: the header stamp and frame id of every cloud and image
+(parsed from the first bytes of the CDR message, no full decode), all CameraInfo and /tf_static
+messages. Iteration then decodes one cloud and its nearest image at a time, holding only the images
+that a not-yet-emitted cloud still needs (a window of about ``slop`` seconds).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..calibration import invert_se3, quaternion_to_matrix
+from ..pairing import nearest_within, pair_by_stamp
+from ..types import CameraView, Frame, InputError
+
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+
+
+@dataclass
+class CameraModel:
+    stamp: float
+    K: np.ndarray  # (3, 3)
+    D: np.ndarray | None  # plumb_bob k1 k2 p1 p2 k3, None when all zero
+    size: tuple[int, int]  # (width, height)
+
+
+def _frame_name(frame_id: str) -> str:
+    return str(frame_id).lstrip("/")
+
+
+def header_from_cdr(raw: bytes | memoryview) -> tuple[float, str]:
+    """(stamp seconds, frame_id) of a CDR message whose first field is a std_msgs/Header."""
+    buf = memoryview(raw)
+    if len(buf) < 16:
+        raise InputError(f"CDR message of {len(buf)} bytes is too short to hold a header")
+    order = "<" if buf[1] == 1 else ">"  # encapsulation id: 0x0001 CDR_LE, 0x0000 CDR_BE
+    sec, nanosec, length = struct.unpack_from(order + "iII", buf, 4)
+    if length == 0 or 16 + length > len(buf):
+        raise InputError("CDR header has a malformed frame_id string")
+    frame_id = bytes(buf[16 : 16 + length - 1]).decode("utf-8", errors="replace")
+    return sec + nanosec * 1e-9, frame_id
+
+
+def stamp_of(msg: Any) -> float:
+    return int(msg.header.stamp.sec) + int(msg.header.stamp.nanosec) * 1e-9
+
+
+def camera_model(msg: Any, where: str) -> CameraModel:
+    """K, D and size of a CameraInfo, checked (an all-zero K means an uncalibrated camera)."""
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    if not np.any(K):
+        raise InputError(f"{where}: CameraInfo K is all zeros (uncalibrated camera)")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise InputError(f"{where}: CameraInfo K has invalid focal lengths: {K.tolist()}")
+    width, height = int(msg.width), int(msg.height)
+    if width <= 0 or height <= 0:
+        raise InputError(f"{where}: CameraInfo size is {width}x{height}")
+    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    model = str(msg.distortion_model)
+    D = None
+    if d.size and np.any(d):
+        # project_points models plumb_bob (k1 k2 p1 p2 k3); rational_polynomial reduces to it when k4..k6 = 0.
+        if model not in ("plumb_bob", "rational_polynomial") or np.any(d[5:]):
+            raise InputError(
+                f"{where}: distortion model {model!r} with D={d.tolist()} is not supported "
+                "(use plumb_bob, or a rectified image with zero D)"
+            )
+        D = d[:5]
+    return CameraModel(stamp=stamp_of(msg), K=K, D=D, size=(width, height))
+
+
+def chain_transform(edges: list[tuple[str, str, np.ndarray]], source: str, target: str) -> np.ndarray | None:
+    """T_target_source (maps ``source`` coordinates into ``target``) through a tree of
+    (parent, child, T_parent_child) edges, or None when the frames are not connected."""
+    if source == target:
+        return np.eye(4)
+    graph: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for parent, child, T in edges:
+        graph.setdefault(child, []).append((parent, T))  # child coords -> parent coords
+        graph.setdefault(parent, []).append((child, invert_se3(T)))
+    seen = {source: np.eye(4)}
+    queue = deque([source])
+    while queue:
+        frame = queue.popleft()
+        for nxt, T in graph.get(frame, []):
+            if nxt not in seen:
+                seen[nxt] = T @ seen[frame]
+                if nxt == target:
+                    return seen[nxt]
+                queue.append(nxt)
+    return None
+
+
+def _open_bag(path: Path) -> Any:
+    from rosbags.highlevel import AnyReader
+
+    from .bag_writer import get_ros_typestore
+
+    try:
+        reader = AnyReader([path], default_typestore=get_ros_typestore("humble"))
+        reader.open()
+    except Exception as exc:  # rosbags raises several unrelated types for unreadable bags
+        raise InputError(f"{path}: cannot open as a rosbag2 ({type(exc).__name__}: {exc})") from exc
+    return reader
+
+
+class RosbagReader:
+    """Frames from a rosbag2: each PointCloud2 paired with the nearest image within ``slop`` seconds.
+
+    Topics not given are picked by message type (an error when that is ambiguous); ``compressed``
+    forces CompressedImage (True) or Image (False), None prefers Image and falls back to
+    CompressedImage. The camera model comes from the CameraInfo nearest in time to the image; the
+    extrinsic from ``T_cam_lidar`` or else from /tf_static (cloud frame -> image frame).
+    Non-finite points (organised clouds) are dropped. ``Frame.index`` is the cloud's position on its topic.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        points_topic: str | None = None,
+        image_topic: str | None = None,
+        camera_info_topic: str | None = None,
+        slop: float = 0.05,
+        T_cam_lidar: np.ndarray | None = None,
+        compressed: bool | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"bag not found: {self.path}")
+        if self.path.is_file() and self.path.suffix not in (".mcap", ".db3"):
+            raise InputError(f"{self.path}: expected a .mcap or .db3 file or a rosbag2 folder")
+        self.slop = float(slop)
+        self._T_override = None
+        if T_cam_lidar is not None:
+            T = np.asarray(T_cam_lidar, dtype=np.float64)
+            if T.shape != (4, 4) or not np.isfinite(T).all():
+                raise InputError(f"T_cam_lidar must be a finite 4x4 matrix, got shape {T.shape}")
+            self._T_override = T
+        reader = _open_bag(self.path)
+        try:
+            self.topics = {c.topic: c.msgtype for c in reader.connections}
+            self.points_topic = self._pick(points_topic, (POINTCLOUD2,), "points_topic")
+            image_types = {True: (COMPRESSED,), False: (IMAGE,), None: (IMAGE, COMPRESSED)}[compressed]
+            self.image_topic = self._pick(image_topic, image_types, "image_topic")
+            self.camera_info_topic = self._pick_camera_info(camera_info_topic)
+            self._scan(reader)
+        finally:
+            reader.close()
+
+    # --- topic selection -------------------------------------------------------------------------
+    def _topic_list(self) -> str:
+        return ", ".join(f"{t} ({m})" for t, m in sorted(self.topics.items())) or "none"
+
+    def _pick(self, topic: str | None, types: tuple[str, ...], arg: str) -> str:
+        if topic is not None:
+            if topic not in self.topics:
+                raise InputError(f"{self.path}: no topic {topic!r}; the bag has: {self._topic_list()}")
+            if self.topics[topic] not in types:
+                raise InputError(f"{self.path}: topic {topic} is {self.topics[topic]}, expected {' or '.join(types)}")
+            return topic
+        for msgtype in types:  # in order of preference
+            found = sorted(t for t, m in self.topics.items() if m == msgtype)
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise InputError(f"{self.path}: several {msgtype} topics {found}; choose one with {arg}=")
+        raise InputError(f"{self.path}: no {' or '.join(types)} topic; the bag has: {self._topic_list()}")
+
+    def _pick_camera_info(self, topic: str | None) -> str:
+        if topic is not None:
+            return self._pick(topic, (CAMERA_INFO,), "camera_info_topic")
+        found = sorted(t for t, m in self.topics.items() if m == CAMERA_INFO)
+        if len(found) > 1:
+            # Prefer the camera_info in the image topic's namespace (/cam/image_raw -> /cam/camera_info).
+            found = [t for t in found if self.image_topic.startswith(t.rsplit("/", 1)[0] + "/")]
+            depth = max((t.count("/") for t in found), default=0)
+            found = [t for t in found if t.count("/") == depth]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise InputError(f"{self.path}: several CameraInfo topics {found}; choose one with camera_info_topic=")
+        raise InputError(
+            f"{self.path}: no {CAMERA_INFO} topic for {self.image_topic}; the bag has: {self._topic_list()}"
+        )
+
+    # --- first pass: stamps, camera models, transforms ---------------------------------------------
+    def _scan(self, reader: Any) -> None:
+        stream = [c for c in reader.connections if c.topic in (self.points_topic, self.image_topic)]
+        cloud_stamps, cloud_frames, image_stamps, image_frames = [], [], [], []
+        for conn, _, raw in reader.messages(connections=stream):
+            stamp, frame_id = header_from_cdr(raw)
+            if conn.topic == self.points_topic:
+                cloud_stamps.append(stamp)
+                cloud_frames.append(_frame_name(frame_id))
+            else:
+                image_stamps.append(stamp)
+                image_frames.append(_frame_name(frame_id))
+        for topic, stamps in ((self.points_topic, cloud_stamps), (self.image_topic, image_stamps)):
+            if not stamps:
+                raise InputError(f"{self.path}: topic {topic} has no messages")
+        self.cloud_stamps = np.asarray(cloud_stamps)
+        self.image_stamps = np.asarray(image_stamps)
+        self.pairs = pair_by_stamp(self.cloud_stamps, self.image_stamps, self.slop)
+        if not self.pairs:
+            raise InputError(
+                f"{self.path}: no {self.points_topic} message has a {self.image_topic} message within "
+                f"{self.slop} s (clouds {self.cloud_stamps.min():.3f}..{self.cloud_stamps.max():.3f} s, "
+                f"images {self.image_stamps.min():.3f}..{self.image_stamps.max():.3f} s)"
+            )
+        self._cloud_frames, self._image_frames = cloud_frames, image_frames
+
+        self.camera_models: list[CameraModel] = []
+        tf_edges: list[tuple[str, str, np.ndarray]] = []
+        extra = [
+            c for c in reader.connections
+            if c.topic == self.camera_info_topic or (c.msgtype == TF_MESSAGE and c.topic.endswith("tf_static"))
+        ]
+        for conn, _, raw in reader.messages(connections=extra):
+            msg = self._deserialize(reader, raw, conn)
+            if conn.topic == self.camera_info_topic:
+                self.camera_models.append(camera_model(msg, f"{self.path}:{conn.topic}"))
+            else:
+                tf_edges.extend(
+                    (_frame_name(t.header.frame_id), _frame_name(t.child_frame_id), _transform_matrix(t.transform))
+                    for t in msg.transforms
+                )
+        if not self.camera_models:
+            raise InputError(f"{self.path}: topic {self.camera_info_topic} has no messages")
+        self._model_stamps = np.array([m.stamp for m in self.camera_models])
+        self.tf_edges = tf_edges
+        self._extrinsics: dict[tuple[str, str], np.ndarray] = {}
+        for c, i in self.pairs:  # resolve every frame pair now, so a missing transform fails early
+            self._extrinsic(cloud_frames[c], image_frames[i])
+
+    def _extrinsic(self, cloud_frame: str, camera_frame: str) -> np.ndarray:
+        if self._T_override is not None:
+            return self._T_override
+        key = (cloud_frame, camera_frame)
+        if key not in self._extrinsics:
+            T = chain_transform(self.tf_edges, cloud_frame, camera_frame)
+            if T is None:
+                known = sorted({f for p, c, _ in self.tf_edges for f in (p, c)})
+                raise InputError(
+                    f"{self.path}: no /tf_static chain from {cloud_frame!r} to {camera_frame!r} "
+                    f"(frames in /tf_static: {known or 'none'}); pass T_cam_lidar"
+                )
+            self._extrinsics[key] = T
+        return self._extrinsics[key]
+
+    def _deserialize(self, reader: Any, raw: bytes | memoryview, conn: Any) -> Any:
+        try:
+            return reader.deserialize(raw, conn.msgtype)
+        except Exception as exc:  # rosbags' deserialisation errors have no common base
+            raise InputError(f"{self.path}: cannot decode a {conn.msgtype} on {conn.topic}: {exc}") from exc
+
+    # --- iteration ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[Frame]:
+        image_of = dict(self.pairs)
+        needed = Counter(image_of.values())
+        pending: deque[tuple[int, Any, bytes]] = deque()  # clouds waiting for their image
+        cache: dict[int, tuple[Any, bytes]] = {}  # images some pending or future cloud needs
+        reader = _open_bag(self.path)
+        try:
+            stream = [c for c in reader.connections if c.topic in (self.points_topic, self.image_topic)]
+            n_cloud = n_image = 0
+            for conn, _, raw in reader.messages(connections=stream):
+                if conn.topic == self.points_topic:
+                    if n_cloud in image_of:
+                        pending.append((n_cloud, conn, bytes(raw)))
+                    n_cloud += 1
+                else:
+                    if n_image in needed:
+                        cache[n_image] = (conn, bytes(raw))
+                    n_image += 1
+                while pending and image_of[pending[0][0]] in cache:
+                    c, cconn, craw = pending.popleft()
+                    img = image_of[c]
+                    iconn, iraw = cache[img]
+                    yield self._frame(reader, c, cconn, craw, iconn, iraw)
+                    needed[img] -= 1
+                    if needed[img] == 0:
+                        del cache[img], needed[img]
+        finally:
+            reader.close()
+
+    def _frame(self, reader: Any, index: int, cconn: Any, craw: bytes, iconn: Any, iraw: bytes) -> Frame:
+        from .images import decode_any_image
+        from .pointcloud2 import cloud_to_points
+
+        cloud = self._deserialize(reader, craw, cconn)
+        image_msg = self._deserialize(reader, iraw, iconn)
+        where = f"{self.path}:{iconn.topic}"
+        points = cloud_to_points(cloud)
+        points = points[np.isfinite(points).all(axis=1)]
+        rgb = decode_any_image(image_msg, where)
+        image_stamp = stamp_of(image_msg)
+        model = self.camera_models[nearest_within(image_stamp, self._model_stamps, np.inf)]
+        height, width = rgb.shape[:2]
+        if model.size != (width, height):
+            raise InputError(
+                f"{where}: image is {width}x{height} but {self.camera_info_topic} says "
+                f"{model.size[0]}x{model.size[1]}"
+            )
+        cloud_frame, camera_frame = _frame_name(cloud.header.frame_id), _frame_name(image_msg.header.frame_id)
+        camera = CameraView(
+            image=rgb, K=model.K.copy(), T_cam_lidar=self._extrinsic(cloud_frame, camera_frame).copy(),
+            D=None if model.D is None else model.D.copy(), frame_id=camera_frame,
+        )
+        return Frame(points=points, cameras=[camera], stamp=stamp_of(cloud), index=index, frame_id=cloud_frame)
+
+
+def _transform_matrix(transform: Any) -> np.ndarray:
+    t, q = transform.translation, transform.rotation
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
+    T[:3, 3] = (t.x, t.y, t.z)
+    return T

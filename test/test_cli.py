@@ -1,0 +1,150 @@
+"""End to end through the `partlift` CLI on real frames, with a random-weight CLIP saved as a local folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from partlift_ros.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory, seq08, tiny_clip_dir):
+    out = tmp_path_factory.mktemp("run")
+    r = invoke("label", seq08, "--out", out, "--clip-model", tiny_clip_dir, "--frames", "0:3")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_label_writes_the_documented_layout(labelled_run, seq08):
+    out = labelled_run
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["000000.label", "000001.label", "000002.label"]
+    assert yaml.safe_load((out / "classes.yaml").read_text())
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["affinity"]["beta"] == 2.0 and cfg["clip"]["model"]
+    assert (out / "text_embeddings.npy").is_file()
+    timing = json.loads((out / "timing.json").read_text())
+    assert {"median_ms", "p90_ms"} <= set(timing["total"])
+    packed = np.fromfile(out / "labels" / "000000.label", dtype=np.uint32)
+    n = (seq08 / "velodyne" / "000000.bin").stat().st_size // 16
+    assert packed.shape == (n,)
+    cls, sp = packed & 0xFFFF, packed >> 16
+    assert cls.max() <= 19 and (cls > 0).any()
+    assert (sp[cls > 0] > 0).all()  # every labelled point belongs to a superpoint
+    npz = np.load(out / "frames" / "000000.npz")
+    assert npz["confidence"].shape == (n,) and npz["visible"].dtype == bool
+
+
+def test_eval_reports_the_documented_metrics(labelled_run, seq08, tmp_path):
+    js = tmp_path / "m.json"
+    r = invoke("eval", labelled_run, seq08, "--json", js)
+    assert r.exit_code == 0, r.output
+    m = json.loads(js.read_text())
+    for key in ("miou_front", "miou_all", "hiou", "accuracy", "coverage", "ceiling_miou_front",
+                "superpoints_per_frame_median", "per_class"):
+        assert key in m
+    assert m["frames"] == 3
+    assert 0 <= m["miou_all"] <= m["miou_front"] <= 1 or m["miou_front"] is not None
+    assert m["ceiling_miou_front"] > 0.5  # geometry alone: superpoints are mostly class-pure
+    assert 0 < m["coverage"] <= 1
+
+
+def test_render_writes_a_png(labelled_run, seq08):
+    r = invoke("render", labelled_run, seq08, "--frame", "1")
+    assert r.exit_code == 0, r.output
+    png = labelled_run / "render" / "000001.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_resumes_and_skips_finished_frames(labelled_run, seq08, tiny_clip_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in (labelled_run / "labels").iterdir()}
+    (labelled_run / "labels" / "000001.label").unlink()  # as if the run died before finishing frame 1
+    r = invoke("label", seq08, "--out", labelled_run, "--clip-model", tiny_clip_dir, "--frames", "0:3")
+    assert r.exit_code == 0, r.output
+    after = {p.name: p.stat().st_mtime_ns for p in (labelled_run / "labels").iterdir()}
+    assert set(after) == set(before)
+    assert after["000000.label"] == before["000000.label"]  # untouched
+    assert after["000002.label"] == before["000002.label"]
+
+
+def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, seq08, tiny_clip_dir, monkeypatch):
+    from partlift_ros.io import writers
+
+    calls = {"n": 0}
+    real_write = writers.LabelRunWriter.write
+
+    def dying_write(self, labelled, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_write(self, labelled, *a, **k)
+
+    monkeypatch.setattr(writers.LabelRunWriter, "write", dying_write)
+    out = tmp_path / "run"
+    args = ("label", seq08, "--out", out, "--clip-model", tiny_clip_dir, "--frames", "0:2", "--affinity", "online")
+    invoke(*args)
+    assert [p.name for p in (out / "labels").iterdir()] == ["000000.label"]
+    assert not list(out.rglob("*.tmp"))
+    monkeypatch.setattr(writers.LabelRunWriter, "write", real_write)
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["000000.label", "000001.label"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--classes", "car,car"), "duplicate"),
+        (("--frames", "x:y"), "--frames"),
+        (("--affinity", "sideways"), "affinity.mode"),
+    ],
+)
+def test_bad_options_give_specific_errors(tmp_path, seq08, tiny_clip_dir, args, message):
+    r = invoke("label", seq08, "--out", tmp_path / "o", "--clip-model", tiny_clip_dir, *args)
+    assert r.exit_code == 2
+    assert message in r.output
+    assert not (tmp_path / "o" / "labels").exists()
+
+
+def test_label_rejects_a_folder_that_is_not_a_source(tmp_path):
+    (tmp_path / "junk").mkdir()
+    r = invoke("label", tmp_path / "junk", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "not a SemanticKITTI sequence folder" in r.output
+
+
+def test_label_rejects_a_clip_folder_that_is_not_clip(tmp_path, seq08):
+    bad = tmp_path / "notclip"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    r = invoke("label", seq08, "--out", tmp_path / "o", "--clip-model", bad, "--frames", "0:1")
+    assert r.exit_code == 2
+    assert "CLIP" in r.output
+    assert not (tmp_path / "o" / "labels").exists() or not list((tmp_path / "o" / "labels").iterdir())
+
+
+def test_demo_without_weights_reports_geometry_only(tmp_path, tokenizer_dir):
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    r = invoke("demo", "--out", tmp_path / "demo", "--clip-model", empty)
+    assert r.exit_code == 0, r.output
+    assert "No labels" in r.output and "instance ceiling" in r.output
+    assert (tmp_path / "demo" / "superpoints_000000.png").is_file()
+    assert not (tmp_path / "demo" / "labels_run").exists()
+
+
+def test_demo_with_a_clip_folder_labels_and_evaluates(tmp_path, tiny_clip_dir):
+    r = invoke("demo", "--out", tmp_path / "demo", "--clip-model", tiny_clip_dir)
+    assert r.exit_code == 0, r.output
+    assert "labels come from CLIP" in r.output
+    assert (tmp_path / "demo" / "labels_000000.png").is_file()
