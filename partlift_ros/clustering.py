@@ -5,7 +5,18 @@ Two methods, chosen by ``ClusteringConfig.method``:
 - ``"dbscan"``: RANSAC ground plane removal, then DBSCAN on the remaining points. Ground points get
   no superpoint; objects that touch each other merge. This is the paper's simple baseline.
 - ``"supervoxel"``: annotation-free over-segmentation of *all* eligible points (ground included) into
-  class-pure pieces; see ``supervoxel.py`` for the algorithm.
+  class-pure pieces, in two steps:
+
+  1. Initial pieces. A RANSAC plane splits ground from non-ground; non-ground points are joined into 3D
+     connected components over touching voxels (``voxel_size``). Every piece is then cut along image
+     superpixel borders, which follow colour edges such as kerbs, grass borders, a pole in front of a
+     wall. Eligible points that no camera sees are cut by a coarse voxel grid instead.
+  2. Merging to the budget. Pieces are merged greedily until at most ``max_superpoints`` remain, always
+     joining mutual nearest neighbours first (many disjoint pairs per round, vectorised). The cost of
+     joining a and b is ||f_a - f_b||^2 * (n_a n_b / (n_a + n_b))^a over mean features f = (xyz /
+     position_scale, intensity * intensity_weight, ground flag * ground_weight): close, similar pieces
+     go first, and the size factor makes large pieces (road, facades) expensive to grow, so small
+     objects that are far from everything else keep their own superpoint.
 """
 
 from __future__ import annotations
@@ -90,6 +101,138 @@ def dbscan_superpoints(points: np.ndarray, cfg: ClusteringConfig, eligible: np.n
     return relabel_contiguous(labels, cfg.min_points)
 
 
+_NEIGHBOUR_OFFSETS = np.array(
+    [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1) if (dx, dy, dz) > (0, 0, 0)]
+)
+
+
+def voxel_components(xyz: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(N,) component id: points are connected when their voxels touch (26-neighbourhood)."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    key = np.floor(xyz / voxel_size).astype(np.int64)
+    key -= key.min(axis=0) - 1  # one empty voxel of margin so neighbour keys never wrap
+    dims = key.max(axis=0) + 2
+    linear = (key[:, 0] * dims[1] + key[:, 1]) * dims[2] + key[:, 2]
+    voxels, inverse = np.unique(linear, return_inverse=True)
+    steps = (_NEIGHBOUR_OFFSETS[:, 0] * dims[1] + _NEIGHBOUR_OFFSETS[:, 1]) * dims[2] + _NEIGHBOUR_OFFSETS[:, 2]
+    query = voxels[None, :] + steps[:, None]
+    pos = np.minimum(np.searchsorted(voxels, query), voxels.shape[0] - 1)
+    hit = voxels[pos] == query
+    rows = np.broadcast_to(np.arange(voxels.shape[0]), query.shape)[hit]
+    graph = sparse.coo_matrix(
+        (np.ones(rows.shape[0], dtype=np.int8), (rows, pos[hit])), shape=(voxels.shape[0], voxels.shape[0])
+    )
+    return connected_components(graph, directed=False)[1][inverse]
+
+
+def _superpixel_of_points(n: int, views: list[tuple[Projection, np.ndarray]]) -> np.ndarray:
+    """(N,) superpixel id, unique across cameras (offset per view), first camera wins; -1 = unseen."""
+    out = np.full(n, -1, dtype=np.int64)
+    offset = 0
+    for proj, sp_map in views:
+        sp_map = np.asarray(sp_map)
+        todo = proj.in_image & (out < 0)
+        px = proj.pixels[todo]
+        h, w = sp_map.shape
+        u, v = np.clip(px[:, 0], 0, w - 1), np.clip(px[:, 1], 0, h - 1)
+        out[todo] = sp_map[v, u].astype(np.int64) + offset
+        offset += int(sp_map.max()) + 1 if sp_map.size else 0
+    return out
+
+
+def _initial_pieces(xyz: np.ndarray, ground: np.ndarray, superpixel: np.ndarray, cfg: ClusteringConfig) -> np.ndarray:
+    """(n,) piece id: ground / 3D component, cut by image superpixel (or a coarse grid where unseen)."""
+    component = np.zeros(xyz.shape[0], dtype=np.int64)  # 0 = ground
+    if (~ground).any():
+        component[~ground] = voxel_components(xyz[~ground], cfg.voxel_size) + 1
+    if cfg.image_weight <= 0:
+        superpixel = np.full_like(superpixel, -1)
+    unseen = superpixel < 0
+    cut = superpixel.copy()
+    if unseen.any():
+        cells = np.floor(xyz[unseen] / (8 * cfg.voxel_size)).astype(np.int64)
+        _, cell_id = np.unique(cells, axis=0, return_inverse=True)
+        cut[unseen] = int(superpixel.max(initial=-1)) + 1 + cell_id.reshape(-1)
+    _, piece = np.unique(component * (int(cut.max()) + 1) + cut, return_inverse=True)
+    return piece.reshape(-1)
+
+
+def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
+    """(E, 2) unique pairs a < b of pieces among each other's k nearest centroids."""
+    from scipy.spatial import cKDTree
+
+    kk = min(k + 1, centroids.shape[0])
+    _, nb = cKDTree(centroids).query(centroids, k=kk)
+    pairs = np.c_[np.repeat(np.arange(centroids.shape[0]), kk - 1), nb[:, 1:].reshape(-1)]
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def merge_pieces(piece: np.ndarray, features: np.ndarray, target: int, size_exponent: float, k: int) -> np.ndarray:
+    """Merge pieces (ids 0..P-1 per point) until at most ``target`` remain; returns the merged id per point.
+
+    Each round every piece picks its cheapest candidate partner; mutual picks merge (a matching, so
+    rounds never chain dissimilar pieces), the cheapest first and no more than needed to hit
+    ``target``. The globally cheapest pair is always mutual, so every round makes progress.
+    Candidates are the k nearest centroids (first three feature columns), refreshed when exhausted.
+    """
+    num = int(piece.max()) + 1
+    count = np.bincount(piece, minlength=num).astype(np.float64)
+    sums = np.stack([np.bincount(piece, features[:, j], num) for j in range(features.shape[1])], axis=1)
+    merged = np.arange(num)
+    pairs = np.zeros((0, 2), dtype=np.int64)
+    while count.shape[0] > target:
+        mean = sums / count[:, None]
+        if pairs.shape[0] == 0:
+            pairs = _candidate_pairs(mean[:, :3], k)
+        a, b = pairs[:, 0], pairs[:, 1]
+        cost = ((mean[a] - mean[b]) ** 2).sum(axis=1) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
+        src, dst, both = np.r_[a, b], np.r_[b, a], np.r_[cost, cost]
+        order = np.lexsort((both, src))
+        src, dst, both = src[order], dst[order], both[order]
+        first = np.r_[True, src[1:] != src[:-1]]
+        best = np.full(count.shape[0], -1)
+        best[src[first]] = dst[first]
+        best_cost = np.full(count.shape[0], np.inf)
+        best_cost[src[first]] = both[first]
+        has = np.flatnonzero(best >= 0)
+        winners = has[(best[best[has]] == has) & (has < best[has])]
+        winners = winners[np.argsort(best_cost[winners], kind="stable")[: count.shape[0] - target]]
+        new_id = np.arange(count.shape[0])
+        new_id[best[winners]] = winners
+        _, new_id = np.unique(new_id, return_inverse=True)
+        m = int(new_id.max()) + 1
+        count = np.bincount(new_id, count, m)
+        sums = np.stack([np.bincount(new_id, sums[:, j], m) for j in range(sums.shape[1])], axis=1)
+        merged = new_id[merged]
+        pairs = new_id[pairs]
+        pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+    return merged[piece]
+
+
+def supervoxel_superpoints(
+    points: np.ndarray, cfg: ClusteringConfig, eligible: np.ndarray, views: list[tuple[Projection, np.ndarray]]
+) -> np.ndarray:
+    """Annotation-free over-segmentation of the eligible points (see the module docstring)."""
+    labels = np.full(points.shape[0], IGNORE, dtype=np.int64)
+    idx = np.flatnonzero(eligible)
+    if idx.size == 0:
+        return labels.astype(np.int32)
+    xyz = np.asarray(points[idx, :3], dtype=np.float64)
+    ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
+    superpixel = _superpixel_of_points(points.shape[0], views)[idx]
+    piece = _initial_pieces(xyz, ground, superpixel, cfg)
+    features = np.c_[
+        xyz / cfg.position_scale,
+        np.asarray(points[idx, 3], dtype=np.float64) * cfg.intensity_weight,
+        ground * cfg.ground_weight,
+    ]
+    labels[idx] = merge_pieces(piece, features, max(1, cfg.max_superpoints), cfg.merge_size_exponent, cfg.merge_neighbours)
+    return relabel_contiguous(labels, cfg.min_points)
+
+
 def segment_superpoints(
     points: np.ndarray,
     cfg: ClusteringConfig,
@@ -119,7 +262,5 @@ def segment_superpoints(
     if cfg.method == "dbscan":
         return dbscan_superpoints(points, cfg, eligible)
     if cfg.method == "supervoxel":
-        from .supervoxel import supervoxel_superpoints
-
         return supervoxel_superpoints(points, cfg, eligible, views or [])
     raise InputError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {cfg.method!r}")

@@ -45,16 +45,20 @@ class ClusteringConfig:
     method: str = "supervoxel"  # "supervoxel" (annotation-free over-segmentation) | "dbscan"
     front_view_only: bool = True  # cluster only points that project into a camera
     remove_ground: bool = True  # dbscan: drop the ground before clustering
-    ground_distance: float = 0.25  # m, RANSAC plane inlier distance
+    ground_distance: float = 0.2  # m, RANSAC plane inlier distance
     ground_iterations: int = 100
     eps: float = 0.5  # m, DBSCAN radius
     min_samples: int = 5
-    voxel_size: float = 0.3  # m, supervoxel seed spacing
-    normal_weight: float = 1.0  # supervoxel: weight of normal angle in the merge cost
-    intensity_weight: float = 0.5
-    image_weight: float = 1.0  # supervoxel: respect image superpixel borders
+    voxel_size: float = 0.3  # m, supervoxel: non-ground points in touching voxels are connected
+    normal_weight: float = 1.0  # not used by the current supervoxel method
+    intensity_weight: float = 10.0  # supervoxel merge: intensity x weight is compared with xyz / position_scale
+    image_weight: float = 1.0  # supervoxel: > 0 = initial pieces never cross image superpixel borders
     max_superpoints: int = 300
     min_points: int = 2  # superpoints with fewer points are invalid
+    position_scale: float = 1.0  # m, supervoxel merge: unit of centroid distance in the merge cost
+    ground_weight: float = 5.0  # supervoxel merge: cost of joining ground and non-ground pieces
+    merge_size_exponent: float = 0.5  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
+    merge_neighbours: int = 6  # supervoxel merge: candidate pairs = k nearest piece centroids
 
 
 @dataclass

@@ -55,3 +55,24 @@ def write_gt_pseudo_label_run(out: Path, sequence_dir: Path, indices, confidence
     np.save(out / "text_embeddings.npy", emb / np.linalg.norm(emb, axis=1, keepdims=True))
     (out / "source.yaml").write_text(yaml.safe_dump({"kind": "kitti", "path": str(sequence_dir)}))
     return out
+
+
+def write_thinned_sequence(sequence_dir: Path, out: Path, indices, step: int = 4) -> Path:
+    """A copy of real SemanticKITTI frames keeping every ``step``-th point (scan and labels alike).
+
+    Same images, calibration and times: the student tests run on real geometry at a fraction of the cost.
+    """
+    import shutil
+
+    for sub in ("velodyne", "labels", "image_2"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for name in ("calib.txt", "times.txt"):
+        shutil.copy(sequence_dir / name, out / name)
+    for index in indices:
+        stem = f"{index:06d}"
+        points = np.fromfile(sequence_dir / "velodyne" / f"{stem}.bin", np.float32).reshape(-1, 4)
+        labels = np.fromfile(sequence_dir / "labels" / f"{stem}.label", np.uint32)
+        points[::step].tofile(out / "velodyne" / f"{stem}.bin")
+        labels[::step].tofile(out / "labels" / f"{stem}.label")
+        shutil.copy(sequence_dir / "image_2" / f"{stem}.png", out / "image_2" / f"{stem}.png")
+    return out

@@ -15,7 +15,7 @@ from partlift_ros.student.data import (
 )
 from partlift_ros.types import IGNORE, InputError
 
-from student_fixtures import write_gt_pseudo_label_run
+from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
 
 
 def random_sample(n=500, seed=0, image=None):
@@ -109,8 +109,14 @@ def test_random_downsampling_keeps_seventy_percent():
 
 # ----------------------------------------------------------------------------------------- the real data
 @pytest.fixture(scope="module")
-def gt_run(tmp_path_factory, seq08):
-    return write_gt_pseudo_label_run(tmp_path_factory.mktemp("label_run"), seq08, [0, 1])
+def thin_seq(tmp_path_factory, seq08):
+    """Frames 0 and 1 of sequence 08 with every 4th point."""
+    return write_thinned_sequence(seq08, tmp_path_factory.mktemp("seq") / "08", [0, 1], step=4)
+
+
+@pytest.fixture(scope="module")
+def gt_run(tmp_path_factory, thin_seq):
+    return write_gt_pseudo_label_run(tmp_path_factory.mktemp("label_run"), thin_seq, [0, 1])
 
 
 def test_dataset_reads_pseudo_labels_confidence_and_pixels(gt_run, seq08):
@@ -119,12 +125,12 @@ def test_dataset_reads_pseudo_labels_confidence_and_pixels(gt_run, seq08):
     ds = PseudoLabelDataset([gt_run], load_images=True)
     assert len(ds) == 2 and ds.class_names[0] == "car" and ds.text_embeddings.shape == (19, 16)
     s = ds[1]
-    gt = map_raw_labels(np.fromfile(seq08 / "labels" / "000001.label", np.uint32))
+    gt = map_raw_labels(np.fromfile(seq08 / "labels" / "000001.label", np.uint32))[::4]
     np.testing.assert_array_equal(s["segment"], gt)
     assert np.allclose(s["weight"], np.where(gt >= 0, 0.9, 0.0))
     assert s["image"].shape == (370, 1226, 3)
     vis = s["visible"]
-    assert vis.sum() > 10000
+    assert vis.sum() > 2500
     assert np.all((s["pixel"][vis] >= 0) & (s["pixel"][vis] < [1226, 370]))
     counts = ds.class_counts()
     assert counts.sum() == sum(int((ds[i]["segment"] >= 0).sum()) for i in range(2))
@@ -149,3 +155,143 @@ def test_dataset_rejects_runs_with_different_class_lists(gt_run, tmp_path):
     (other / "classes.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match="differs"):
         PseudoLabelDataset([gt_run, other])
+
+
+# ----------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The sparse convs are many small ops: on a shared CPU, one intra-op thread is ~10x faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(**overrides):
+    from partlift_ros.student.train import TrainConfig
+
+    base = dict(epochs=2, batch_size=2, width=8, voxel_size=0.5, max_points=1500, lr=1e-2, image_channels=8,
+                backend="torch", seed=3)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_short_training_on_real_frames_lowers_the_loss_and_logs_metrics(gt_run, thin_seq, tmp_path):
+    from partlift_ros.student.infer import load_student, predict
+    from partlift_ros.student.train import train
+
+    events = []
+    summary = train([gt_run], tmp_path / "out", tiny_config(epochs=6, eval_every=3, eval_max_frames=1),
+                    gt_sequence=thin_seq, progress=events.append)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(6))
+    losses = [r["loss"] for r in rows]
+    assert np.mean(losses[-2:]) < 0.8 * losses[0], losses
+    assert all(r["loss_kl"] >= 0 and r["loss_fused"] > 0 for r in rows)  # the 2D branch took part
+    assert [("miou" in r) for r in rows] == [False, False, True, False, False, True]
+    assert 0.0 <= rows[-1]["miou"] <= 1.0 and summary["final_miou"] == rows[-1]["miou"]
+    assert sum(e["kind"] == "step" for e in events) == 6
+    model, names = load_student(summary["checkpoint"])
+    assert names == PseudoLabelDataset([gt_run]).class_names and model.voxel_size == 0.5
+    points = np.fromfile(thin_seq / "velodyne" / "000000.bin", np.float32).reshape(-1, 4)
+    labels, conf = predict(model, points)
+    assert labels.shape == (len(points),) and np.all((conf > 0) & (conf <= 1))
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_takes_the_same_steps_as_an_uninterrupted_run(gt_run, tmp_path):
+    """Two rounds (backward distillation between them), interrupted at the end of round 1."""
+    from partlift_ros.student.infer import read_checkpoint
+    from partlift_ros.student.train import train
+
+    cfg = tiny_config(rounds=2, epochs=2, use_2d=False)
+    full = train([gt_run], tmp_path / "full", cfg)
+
+    def crash_after_round_one(event):
+        if event["kind"] == "epoch" and (event["round"], event["epoch"]) == (0, 1):
+            raise Crash
+
+    with pytest.raises(Crash):
+        train([gt_run], tmp_path / "resumed", cfg, progress=crash_after_round_one)
+    with pytest.raises(InputError, match="already holds"):
+        train([gt_run], tmp_path / "resumed", cfg)
+    resumed = train([gt_run], tmp_path / "resumed", cfg, resume=True)
+    assert resumed["resumed_from"] == {"round": 0, "epoch": 1} and resumed["epochs_run"] == 2
+    assert len(resumed["unit_agreement_per_round"]) == 1
+    assert resumed["unit_agreement_per_round"] == full["unit_agreement_per_round"]
+
+    a, b = read_checkpoint(full["checkpoint"]), read_checkpoint(resumed["checkpoint"])
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["unit_scores"], b["unit_scores"]):
+        np.testing.assert_array_equal(sa, sb)
+    assert any(s is not None and (s < 1).any() for s in a["unit_scores"])  # round 2 used re-scored units
+    rows_a = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["loss"] for r in rows_a] == [json.loads(r)["loss"] for r in rows_b]
+
+
+def test_resume_refuses_a_different_architecture(gt_run, tmp_path):
+    from partlift_ros.student.train import train
+
+    train([gt_run], tmp_path / "o", tiny_config(epochs=1, use_2d=False))
+    with pytest.raises(InputError, match="width was 8, now 16"):
+        train([gt_run], tmp_path / "o", tiny_config(epochs=2, use_2d=False, width=16), resume=True)
+
+
+# ----------------------------------------------------------------------------------------- backward distillation
+def test_unit_agreement_is_the_share_of_agreeing_pseudo_labelled_points():
+    from partlift_ros.student.train import unit_agreement
+
+    segment = np.array([0, 0, 0, 0, 1, 1, IGNORE, 2, 2, 1])
+    unit = np.array([0, 0, 0, 0, 1, 1, 1, IGNORE, 3, 3])
+    pred = np.array([0, 0, 0, 1, 1, 0, 2, 2, 0, 1])
+    scores = unit_agreement(pred, segment, unit)
+    # unit 0: 3 of 4; unit 1: 1 of 2 (the ignored point does not count); unit 2: no points -> 1;
+    # unit 3: 1 of 2. The point without a unit is not scored.
+    np.testing.assert_allclose(scores, [0.75, 0.5, 1.0, 0.5])
+    assert unit_agreement(pred, segment, unit, num_units=6).shape == (6,)
+
+
+# ----------------------------------------------------------------------------------------- 2D branch
+def test_2d_branch_fuses_and_distils_on_visible_points_only():
+    from partlift_ros.student.fusion2d import Fusion2D, text_classifier
+    from partlift_ros.student.infer import build_model
+    from partlift_ros.student.losses import kl_on_visible
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = 400
+    image = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    visible = rng.random(n) < 0.5
+    pixel = np.where(visible[:, None], rng.integers(0, [60, 40], (n, 2)), -1)
+    sample = make_sample(np.concatenate([rng.uniform(-8, 8, (n, 3)), rng.random((n, 1))], 1),
+                         visible=visible, pixel=pixel, image=image)
+    batch = collate([add_features(grid_sample(sample, 0.5, keep="all"))])
+    emb = torch.nn.functional.normalize(torch.randn(5, 12), dim=1)
+    model = build_model({"in_channels": 4, "width": 8, "voxel_size": 0.5, "backend": "torch"}, emb.numpy())
+    fusion = Fusion2D(model.feature_dim, image_channels=8)
+    model.train(), fusion.train()
+    out = model(batch)
+    classify = text_classifier(model)
+    assert torch.allclose(classify(out["point_features"]), out["logits"], atol=1e-5)
+
+    fused = fusion(batch, out["point_features"], classify, out["logits"])
+    vis = torch.from_numpy(visible)
+    assert torch.equal(fused[~vis], out["logits"][~vis])
+    assert not torch.allclose(fused[vis], out["logits"][vis])
+    # A different image changes the fused logits of visible points only.
+    other = dict(batch, image=torch.rand_like(batch["image"]))
+    fused_other = fusion(other, out["point_features"], classify, out["logits"])
+    assert torch.equal(fused_other[~vis], fused[~vis]) and not torch.allclose(fused_other[vis], fused[vis])
+
+    logits_3d = out["logits"].detach().requires_grad_(True)
+    kl = kl_on_visible(logits_3d, fused, vis)
+    kl.backward()
+    assert float(kl.detach()) > 0
+    assert float(logits_3d.grad[~vis].abs().max()) == 0.0
+    assert float(logits_3d.grad[vis].abs().max()) > 0.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def split_names(text: str | None) -> list[str] | None:

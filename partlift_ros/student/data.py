@@ -170,13 +170,22 @@ def add_features(sample: Sample) -> Sample:
     return {**sample, "feat": np.concatenate([sample["coord"], sample["strength"]], axis=1).astype(np.float32)}
 
 
-def train_transform(voxel_size: float, augment_cfg: AugmentConfig | None = AugmentConfig()) -> Callable:
-    """augment → grid_sample(random point per voxel) → features; ``augment_cfg=None`` skips augmentation."""
+def train_transform(voxel_size: float, augment_cfg: AugmentConfig | None = AugmentConfig(),
+                    max_points: int = 0) -> Callable:
+    """augment → grid_sample(random point per voxel) → at most ``max_points`` voxels (0 = all) → features.
+
+    ``augment_cfg=None`` skips augmentation.
+    """
 
     def apply(sample: Sample, rng: np.random.Generator) -> Sample:
         if augment_cfg is not None:
             sample = augment(sample, rng, augment_cfg)
-        return add_features(grid_sample(sample, voxel_size, keep="random", rng=rng))
+        sample = grid_sample(sample, voxel_size, keep="random", rng=rng)
+        sample.pop("inverse")  # training scores the kept points only; the map back is not needed
+        n = len(sample["coord"])
+        if 0 < max_points < n:
+            sample = subset(sample, np.sort(rng.choice(n, size=max_points, replace=False)))
+        return add_features(sample)
 
     return apply
 

@@ -362,7 +362,17 @@ def _spconv_forward(conv: SparseConv3d, x: SparseVoxels) -> SparseVoxels:
         indice_dict=ctx.spconv_indice_dict,
     )
     weight = to_spconv_weight(conv.weight.to(x.feats.dtype), conv.kernel_size).contiguous()
-    out = op._conv_forward(conv.training, tensor, weight, None)
+    if x.feats.is_cuda:
+        out = op._conv_forward(conv.training, tensor, weight, None)
+    else:
+        # spconv's CPU pair generation races under torch's intra-op threads and silently drops taps
+        # (spconv issue #679; seen here with 2 threads), so CPU calls run single-threaded.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            out = op._conv_forward(conv.training, tensor, weight, None)
+        finally:
+            torch.set_num_threads(threads)
     ctx.spconv_indice_dict.update(out.indice_dict)
     out_stride = x.stride // conv.stride if conv.transposed else x.stride * conv.stride
     ctx.spatial_shapes.setdefault(out_stride, list(out.spatial_shape))

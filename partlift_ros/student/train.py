@@ -63,6 +63,7 @@ class TrainConfig:
     image_channels: int = 64
     augment: bool = True
     keep_ratio: float = 0.7  # random downsampling keeps this share of each scan
+    max_points: int = 0  # cap on voxels per scan after voxelisation (0 = no cap; bounds memory and time)
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # mixed precision (CUDA only)
@@ -219,7 +220,7 @@ class _Trainer:
             else torch.ones(len(counts))
         ).float().to(self.device)
         aug = AugmentConfig(keep_ratio=cfg.keep_ratio) if cfg.augment else None
-        self.transform = train_transform(cfg.voxel_size, aug)
+        self.transform = train_transform(cfg.voxel_size, aug, cfg.max_points)
         self.steps_per_epoch = math.ceil(len(self.dataset) / cfg.batch_size)
         self._new_optimiser()
 

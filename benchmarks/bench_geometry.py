@@ -1,0 +1,135 @@
+"""Geometry stages on the real SemanticKITTI frames: superpoint quality (instance ceiling) and speed.
+
+    python benchmarks/bench_geometry.py [--root ../shared/data/semantickitti-mini] [--frames N]
+
+Per frame and in total: instance-ceiling mIoU on front-view points (every superpoint takes its majority
+GT class, so this measures the geometry alone) for the supervoxel method and for the naive baseline
+(RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame, and the time of the geometry stages
+(projection + superpixels + ground + superpoints + visibility) beside sklearn DBSCAN on the full scan
+measured in the same run. Then superpixel method timings and scatter-min (torch vs numpy) timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from partlift_ros.calibration import parse_kitti_calib, project_points
+from partlift_ros.clustering import segment_superpoints
+from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, VisibilityConfig
+from partlift_ros.metrics import ConfusionAccumulator, confusion_matrix, instance_ceiling, mean_iou
+from partlift_ros.semantickitti import read_label_file
+from partlift_ros.visibility import compute_superpixels, superpixel_min_depth, visible_mask
+
+C = len(SEMANTIC_KITTI_CLASSES)
+
+
+def frames(root: Path, limit: int | None):
+    for seq_dir in sorted((root / "sequences").iterdir()):
+        calib = parse_kitti_calib(seq_dir / "calib.txt")
+        for i, scan in enumerate(sorted((seq_dir / "velodyne").glob("*.bin"))):
+            if limit is not None and i >= limit:
+                break
+            points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
+            labels = read_label_file(seq_dir / "labels" / f"{scan.stem}.label", len(points))
+            image = cv2.cvtColor(cv2.imread(str(seq_dir / "image_2" / f"{scan.stem}.png")), cv2.COLOR_BGR2RGB)
+            yield f"{seq_dir.name}/{scan.stem}", points, labels, image, calib
+
+
+def ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def main() -> None:
+    here = Path(__file__).resolve().parents[1]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=here.parent / "shared" / "data" / "semantickitti-mini")
+    ap.add_argument("--frames", type=int, default=None, help="frames per sequence (default: all)")
+    args = ap.parse_args()
+    from sklearn.cluster import DBSCAN
+
+    sv_cfg, vis_cfg = ClusteringConfig(), VisibilityConfig()
+    base_cfg = ClusteringConfig(method="dbscan", eps=0.5, remove_ground=True)
+    acc_sv, acc_base = ConfusionAccumulator(C), ConfusionAccumulator(C)
+    rows, sp_times, sp_counts = [], {"seeds": [], "slico": [], "slic": []}, []
+    stage = {k: [] for k in ("projection", "superpixels", "superpoints", "visibility", "total", "dbscan_full")}
+    scatter = {"torch": [], "numpy": []}
+    print(f"{'frame':10s} {'sv mIoU':>8s} {'base mIoU':>9s} {'#sp':>5s} {'geom ms':>8s} {'DBSCAN full ms':>14s}")
+    for k, (name, points, labels, image, calib) in enumerate(frames(args.root, args.frames)):
+        t0 = time.perf_counter()
+        proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))
+        t_proj = ms(t0)
+        t1 = time.perf_counter()
+        superpixels = compute_superpixels(image, vis_cfg)
+        t_spx = ms(t1)
+        t2 = time.perf_counter()
+        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)])
+        t_sp = ms(t2)
+        t3 = time.perf_counter()
+        visible_mask(proj, superpixels, vis_cfg.depth_threshold)
+        t_vis = ms(t3)
+        total = ms(t0)
+        for key, val in zip(stage, (t_proj, t_spx, t_sp, t_vis, total)):
+            stage[key].append(val)
+        t4 = time.perf_counter()
+        DBSCAN(eps=0.5, min_samples=5).fit_predict(points[:, :3])
+        stage["dbscan_full"].append(ms(t4))
+
+        front = proj.in_image
+        gt = labels[front]
+        pred_sv = instance_ceiling(sp[front], gt, C)
+        base = segment_superpoints(points, base_cfg, front)
+        pred_base = instance_ceiling(base[front], gt, C)
+        acc_sv.add(pred_sv, gt)
+        acc_base.add(pred_base, gt)
+        n_sp = int(sp.max()) + 1
+        sp_counts.append(n_sp)
+        m_sv = mean_iou(confusion_matrix(pred_sv, gt, C))
+        m_base = mean_iou(confusion_matrix(pred_base, gt, C))
+        rows.append((m_sv, m_base))
+        print(f"{name:10s} {100 * m_sv:8.1f} {100 * m_base:9.1f} {n_sp:5d} {total:8.1f} {stage['dbscan_full'][-1]:14.1f}")
+
+        if k % 5 == 0:  # superpixel methods and scatter-min on a subset (SLIC is slow)
+            for method in sp_times:
+                try:
+                    t = time.perf_counter()
+                    compute_superpixels(image, VisibilityConfig(superpixel_method=method))
+                    sp_times[method].append(ms(t))
+                except Exception as exc:  # a missing optional library: report and go on
+                    sp_times[method].append(float("nan"))
+                    print(f"  {method}: {exc}")
+            px, d = proj.pixels, proj.depth
+            t = time.perf_counter()
+            superpixel_min_depth(px, d, front, superpixels)
+            scatter["torch"].append(ms(t))
+            t = time.perf_counter()
+            ref = np.full(int(superpixels.max()) + 1, np.inf, dtype=np.float32)
+            np.minimum.at(ref, superpixels[px[front, 1], px[front, 0]], d[front])
+            scatter["numpy"].append(ms(t))
+
+    med = {k: float(np.median(v)) for k, v in stage.items()}
+    best = {k: float(np.min(v)) for k, v in stage.items()}
+    print("\n== summary over", len(rows), "frames (confusions summed over frames) ==")
+    print(f"instance ceiling mIoU, front view: supervoxel {100 * acc_sv.miou():.1f} | "
+          f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
+          f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
+    print(f"superpoints per frame: median {np.median(sp_counts):.0f}, max {np.max(sp_counts)} (cap {sv_cfg.max_superpoints})")
+    for label, acc in (("supervoxel", acc_sv), ("baseline", acc_base)):
+        iou = acc.iou()
+        print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou) if not np.isnan(v)))
+    print("geometry stages ms, median (best-of-run as a quiet-machine estimate):")
+    for key in stage:
+        print(f"  {key:12s} {med[key]:7.1f}  ({best[key]:.1f})")
+    print(f"geometry total / sklearn DBSCAN on the full scan: {med['total'] / med['dbscan_full']:.2f}x")
+    print("superpixels ms, median: " + ", ".join(f"{k} {np.nanmedian(v) if np.isfinite(v).any() else float('nan'):.1f}"
+                                             for k, v in sp_times.items()))
+    print(f"per-superpixel min depth ms, median: torch scatter_reduce {np.median(scatter['torch']):.2f}, "
+          f"numpy minimum.at {np.median(scatter['numpy']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
