@@ -136,7 +136,7 @@ def main() -> None:
     rss_start = rss_mib()
     print(f"soak: {args.minutes} min at {args.rate} Hz, {len(frames)} real frames of {args.sequence.name} "
           f"({frames[0].points.shape[0]} pts, {w}x{h}), CLIP {args.clip} (random init); RSS at start {rss_start:.0f} MiB")
-    player.create_timer(1.0 / args.rate, tick)
+    timer = player.create_timer(1.0 / args.rate, tick)
     t_start = time.monotonic()
     end = t_start + args.minutes * 60
     next_report = t_start + 60
@@ -147,6 +147,7 @@ def main() -> None:
             s = node.stats()
             print(f"  t={time.monotonic() - t_start:5.0f} s  RSS {rss_mib():.0f} MiB  published {published[0]}  "
                   f"labelled {s['labelled']}  dropped {s['dropped']}  rejected {s['rejected']}", flush=True)
+    timer.cancel()
     time.sleep(2.0)  # let the last frame finish
     stats = node.stats()
     rss_end = rss_mib()

@@ -86,7 +86,9 @@ class OfflineBlockQueue:
 
     def __init__(self, scale: float, beta: float = 2.0, queue_size: int = 200, max_instances: int = 2000) -> None:
         if queue_size < 1 or max_instances < 1:
-            raise InputError(f"affinity queue: queue_size ({queue_size}) and max_instances ({max_instances}) must be >= 1")
+            raise InputError(
+                f"affinity queue: queue_size ({queue_size}) and max_instances ({max_instances}) must be >= 1"
+            )
         self.scale = float(scale)
         self.beta = float(beta)
         self.threshold = min(int(queue_size), int(max_instances))

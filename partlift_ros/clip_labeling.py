@@ -27,6 +27,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+TEXT_CACHE_SIZE = 8  # (classes, templates) combinations kept
 HOW_TO_GET_WEIGHTS = (
     "set clip.model to a local folder holding a CLIP model saved with save_pretrained "
     "(config.json + model.safetensors, tokenizer and preprocessor_config.json), "
@@ -192,26 +193,27 @@ class CropPreprocessor:
         h, w = crop.shape[:2]
         out_hw = self._resized_hw(h, w)
         if out_hw != (h, w):
-            # uint8 channels-last input takes torch's PIL-compatible antialiased path (same rounding as PIL).
+            # uint8 channels-last input takes torch's PIL-style antialiased path: like PIL it clamps and
+            # rounds between the two separable passes, so it matches CLIPImageProcessor to +-1..2 levels.
             x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=out_hw, mode=self.mode,
                               antialias=True, align_corners=False)
         if self.crop_hw is not None:
             x = _center_crop(x, self.crop_hw)
-        return x[0]
+        return x[0].contiguous()  # NCHW-contiguous: the batched float ops below run several times faster
 
     def __call__(self, crops: Sequence[np.ndarray], device: "torch.device", dtype: "torch.dtype") -> "torch.Tensor":
         """(B, 3, H, W) pixel values ready for the vision tower."""
         import torch
 
         batch = torch.stack([self.resize_and_crop(c) for c in crops]).to(device, non_blocking=True)
-        x = batch.float()
-        if self.rescale_factor is not None:
-            x = x * self.rescale_factor
+        # (x * r - mean) / std folded into one multiply and one subtract, in place.
+        scale = torch.full((1, 3, 1, 1), self.rescale_factor or 1.0, device=device)
+        shift = torch.zeros((1, 3, 1, 1), device=device)
         if self.mean is not None:
-            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-            x = (x - mean) / std
-        return x.to(dtype).contiguous()
+            scale = scale / std
+            shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) / std
+        return batch.float().mul_(scale).sub_(shift).to(dtype)
 
 
 def _center_crop(x: "torch.Tensor", crop_hw: tuple[int, int]) -> "torch.Tensor":
@@ -243,10 +245,10 @@ class ClipLabeler:
     """
 
     def __init__(self, cfg: ClipConfig, model: Any = None, processor: Any = None) -> None:
-        if model is None or processor is None:
-            loaded = ClipLabeler.load(cfg)
-            model = model if model is not None else loaded.model
-            processor = processor if processor is not None else loaded.processor
+        if model is None:
+            model = _load_model(cfg.model, cfg.local_files_only)
+        if processor is None:
+            processor = ClipProcessor.load(cfg.processor or cfg.model, cfg.local_files_only)
         import torch
 
         self.cfg = cfg
@@ -269,9 +271,7 @@ class ClipLabeler:
         ``cfg.processor`` names the tokenizer/preprocessor source when it differs from the model.
         Raises ``ModelLoadError`` saying what is missing and how to get it.
         """
-        model = _load_model(cfg.model, cfg.local_files_only)
-        processor = ClipProcessor.load(cfg.processor or cfg.model, cfg.local_files_only)
-        return cls(cfg, model, processor)
+        return cls(cfg)
 
     @classmethod
     def from_config(cls, clip_config: Any, processor_dir: str | Path, cfg: ClipConfig | None = None,
@@ -284,7 +284,7 @@ class ClipLabeler:
         from transformers import CLIPModel
 
         cfg = cfg or ClipConfig()
-        processor = ClipProcessor.load(str(processor_dir), local_files_only=True)
+        processor = ClipProcessor.load(str(processor_dir), cfg.local_files_only)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CLIPModel(clip_config)
@@ -337,9 +337,11 @@ class ClipLabeler:
             raise InputError(f"clip templates: each template must contain '{{}}', got {list(templates)}")
         key = (classes, templates)
         if key not in self._text_cache:
-            prompts = [t.format(prompt_name(c)) for c in classes for t in templates]
+            prompts = [t.replace("{}", prompt_name(c)) for c in classes for t in templates]
             emb = self._encode_texts(prompts).view(len(classes), len(templates), -1)
             mean = torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+            if len(self._text_cache) >= TEXT_CACHE_SIZE:  # bounded: vocabularies may change at runtime
+                self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = mean
         return self._text_cache[key].clone()
 
@@ -380,10 +382,12 @@ class ClipLabeler:
         """(M, C) float32 softmax over classes of ``logit_scale.exp() * F Tᵀ``."""
         import torch
 
-        f = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features).float().cpu()
-        t = torch.as_tensor(np.asarray(text) if not torch.is_tensor(text) else text).float().cpu()
+        f = torch.as_tensor(features).float().cpu()
+        t = torch.as_tensor(text).float().cpu()
         if f.ndim != 2 or t.ndim != 2 or f.shape[1] != t.shape[1]:
-            raise InputError(f"scores: expected features (M, D) and text (C, D), got {tuple(f.shape)}, {tuple(t.shape)}")
+            raise InputError(
+                f"scores: expected features (M, D) and text (C, D), got {tuple(f.shape)}, {tuple(t.shape)}"
+            )
         with torch.inference_mode():
             scale = self.model.logit_scale.detach().float().exp().cpu()
             return torch.softmax(scale * f @ t.T, dim=-1).numpy()
@@ -440,7 +444,9 @@ def _load_model(source: str, local_files_only: bool) -> Any:
     if path is not None:
         config_file = path / "config.json"
         if not config_file.is_file():
-            raise ModelLoadError(f"{path} has no config.json, so it is not a Hugging Face model folder; {HOW_TO_GET_WEIGHTS}")
+            raise ModelLoadError(
+                f"{path} has no config.json, so it is not a Hugging Face model folder; {HOW_TO_GET_WEIGHTS}"
+            )
         try:
             model_type = json.loads(config_file.read_text()).get("model_type")
         except (json.JSONDecodeError, AttributeError) as exc:

@@ -179,6 +179,10 @@ def test_text_embeddings_are_cached_and_follow_template_changes(tokenizer_dir: P
     assert torch.equal(lab.text_embeddings(["car", "road"]), a) and len(calls) == 2
     with pytest.raises(InputError, match="must contain"):
         lab.templates = ["no slot here"]
+    lab.templates = ["{}"]
+    for i in range(12):
+        lab.text_embeddings([f"class {i}"])
+    assert len(lab._text_cache) <= 8  # bounded when vocabularies keep changing
 
 
 # ----------------------------------------------------------------------------- images and scores
@@ -234,6 +238,13 @@ def test_load_round_trips_a_saved_model(tokenizer_dir: Path, tmp_path: Path):
     original = ClipLabeler(ClipConfig(), model, loaded.processor)
     crops = random_crops(4)[:3]
     np.testing.assert_allclose(loaded.encode_crops(crops), original.encode_crops(crops), atol=1e-6)
+    # Without clip.processor the tokenizer is looked up beside the weights, and its absence is explained.
+    with pytest.raises(ModelLoadError, match="clip.processor"):
+        ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip")))
+    for f in tokenizer_dir.iterdir():
+        (tmp_path / "clip" / f.name).write_bytes(f.read_bytes())
+    beside = ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip")))
+    torch.testing.assert_close(beside.text_embeddings(["car"]), original.text_embeddings(["car"]))
 
 
 def test_load_errors_say_what_is_wrong(tmp_path: Path, tokenizer_dir: Path):

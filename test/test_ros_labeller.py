@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -517,3 +516,107 @@ def test_every_core_key_is_a_parameter_with_the_core_default(rig_factory, kitti)
     # Node-only settings: defaults, and the 16-value extrinsic given at start.
     assert node.get_parameter("slop").value == 0.05 and node.settings.max_points == 300_000
     np.testing.assert_allclose(node.settings.T_cam_lidar, kitti[0].T_cam_lidar.reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------- launch / config / rviz
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _launch_calls(tree) -> dict[str, list]:
+    """Callee name -> the ast.Call nodes of that name in the launch file."""
+    import ast
+
+    calls: dict[str, list] = defaultdict(list)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+            calls[name].append(node)
+    return calls
+
+
+def test_launch_file_declares_the_arguments_and_remaps_the_node_inputs():
+    import ast
+
+    tree = ast.parse((REPO / "launch" / "labeller.launch.py").read_text())
+    funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert "generate_launch_description" in funcs
+    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    for module, name in [("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
+                         ("launch.actions", "ExecuteProcess"), ("launch.conditions", "IfCondition"),
+                         ("launch.substitutions", "LaunchConfiguration"), ("launch_ros.actions", "Node"),
+                         ("launch_ros.substitutions", "FindPackageShare")]:
+        assert (module, name) in imported, f"{module}.{name}"
+    calls = _launch_calls(tree)
+    declared = {c.args[0].value for c in calls["DeclareLaunchArgument"]}
+    assert declared == {"params_file", "points_topic", "image_topic", "camera_info_topic", "use_rviz", "bag",
+                        "use_sim_time"}
+    used = {c.args[0].value for c in calls["LaunchConfiguration"]}
+    assert used == declared, "every argument is used and every used configuration is declared"
+    nodes = {next(k.value.value for k in c.keywords if k.arg == "executable"): c for c in calls["Node"]}
+    assert set(nodes) == {"labeller", "rviz2"}
+    labeller = {k.arg: k.value for k in nodes["labeller"].keywords}
+    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                 for t in n.targets if isinstance(n.value, ast.Constant)}
+    package = labeller["package"]
+    assert (package.value if isinstance(package, ast.Constant) else constants[package.id]) == "partlift_ros"
+    remapped = {e.elts[0].value: e.elts[1].args[0].value for e in labeller["remappings"].elts}
+    assert remapped == {"points": "points_topic", "image": "image_topic", "camera_info": "camera_info_topic"}
+    # The bag is played with a /clock so the node can run on the bag's time.
+    (bag,) = calls["ExecuteProcess"]
+    cmd = next(k.value for k in bag.keywords if k.arg == "cmd")
+    words = [e.value for e in cmd.elts if isinstance(e, ast.Constant)]
+    assert words[:3] == ["ros2", "bag", "play"] and "--clock" in words
+    # The relative input names in the remappings are the ones the node subscribes to.
+    import re
+
+    node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
+    for name in remapped:
+        assert re.search(rf'create_subscription\(\s*[^,]+,\s*"{name}"', node_src), name
+
+
+def test_params_yaml_holds_the_core_defaults_under_the_node_name():
+    import yaml
+
+    from partlift_ros.ros.params import build_config, build_settings, core_defaults, node_defaults
+
+    data = yaml.safe_load((REPO / "config" / "labeller.yaml").read_text())
+    params = data["labeller"]["ros__parameters"]
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    values = flat(params)
+    core, node = core_defaults(), node_defaults()
+    unknown = set(values) - set(core) - set(node)
+    assert not unknown, f"keys the node does not declare: {unknown}"
+    # ROS parameter files cannot type an empty list, so only those may be left out.
+    missing = {k for k in set(core) | set(node) if k not in values and not (isinstance({**core, **node}[k], list)
+                                                                             and not {**core, **node}[k])}
+    assert not missing, f"labeller.yaml lacks {sorted(missing)}"
+    for k, v in values.items():
+        assert v == {**core, **node}[k], k
+    build_config(values)
+    build_settings(values)
+
+
+def test_rviz_config_shows_the_node_outputs_in_the_lidar_frame():
+    import yaml
+
+    rviz = yaml.safe_load((REPO / "rviz" / "partlift.rviz").read_text())
+    manager = rviz["Visualization Manager"]
+    assert manager["Global Options"]["Fixed Frame"] == LIDAR
+    displays = {d["Class"]: d for d in manager["Displays"]}
+    cloud = displays["rviz_default_plugins/PointCloud2"]
+    assert cloud["Topic"]["Value"] == "/labelled_points" and cloud["Color Transformer"] == "RGB8"
+    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == "/instance_markers"
+    assert displays["rviz_default_plugins/MarkerArray"]["Namespaces"] == {"partlift_instances": True}
+    assert displays["rviz_default_plugins/Image"]["Topic"]["Value"] == "/overlay"
+    # Those are the names the node publishes (relative, so /<name> in the root namespace).
+    node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
+    for topic in ("labelled_points", "instance_markers", "overlay"):
+        assert f'"{topic}"' in node_src
+    assert 'ns="partlift_instances"' in (REPO / "partlift_ros" / "ros" / "conversions.py").read_text()
+

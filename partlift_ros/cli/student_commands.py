@@ -20,6 +20,7 @@ def train(
     lr: float = typer.Option(2e-3, "--lr"),
     voxel_size: float = typer.Option(0.05, "--voxel-size", help="Metres."),
     width: int = typer.Option(32, "--width", help="SPVCNN base channels."),
+    max_points: int = typer.Option(0, "--max-points", help="Cap on voxels per scan per step (0 = all)."),
     use_2d: bool = typer.Option(True, "--2d/--no-2d", help="Training-only 2D branch (camera images)."),
     confidence: bool = typer.Option(True, "--confidence/--no-confidence", help="Weight points by pseudo-label confidence."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),
@@ -38,6 +39,7 @@ def train(
 
     cfg = TrainConfig(
         epochs=epochs, rounds=rounds, batch_size=batch_size, lr=lr, voxel_size=voxel_size, width=width,
+        max_points=max_points,
         use_2d=use_2d, confidence_weighting=confidence, seed=seed, device=device, amp=amp,
         eval_max_frames=eval_frames,
     )

@@ -21,7 +21,6 @@ so that a run is repeatable from its seed.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -242,8 +241,9 @@ def batch_index(offset, device=None):
     """(N,) sample index of every row of a batch, from its ``offset``."""
     import torch
 
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=device or offset.device), counts.to(device or offset.device))
+    device = device or offset.device
+    counts = torch.diff(offset, prepend=offset.new_zeros(1)).to(device)
+    return torch.repeat_interleave(torch.arange(len(offset), device=device), counts)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -312,7 +312,8 @@ class PseudoLabelDataset:
         sample = self._raw.get(i)
         if sample is None:
             sample = self._read(i)
-            if self.cache:
+            # A bag is read in one pass (its frames cannot be fetched again): always keep them.
+            if self.cache or self._specs[self.items[i][0]].kind != "kitti":
                 self._raw[i] = sample
         scores = self.unit_scores[i]
         if scores is None:

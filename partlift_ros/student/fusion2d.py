@@ -61,9 +61,11 @@ def sample_pixel_features(feature_map: torch.Tensor, pixel: torch.Tensor, sample
     centres are mapped to normalised coordinates with ``align_corners=False`` semantics.
     """
     height, width = image_hw
-    grid = torch.empty(pixel.shape[0], 2, dtype=feature_map.dtype, device=feature_map.device)
-    grid[:, 0] = (pixel[:, 0].to(feature_map.dtype) + 0.5) / width * 2.0 - 1.0
-    grid[:, 1] = (pixel[:, 1].to(feature_map.dtype) + 0.5) / height * 2.0 - 1.0
+    # float32 throughout: half precision cannot address single pixels of a 1000+ px wide image.
+    feature_map = feature_map.float()
+    grid = torch.empty(pixel.shape[0], 2, dtype=torch.float32, device=feature_map.device)
+    grid[:, 0] = (pixel[:, 0].float() + 0.5) / width * 2.0 - 1.0
+    grid[:, 1] = (pixel[:, 1].float() + 0.5) / height * 2.0 - 1.0
     out = feature_map.new_zeros(pixel.shape[0], feature_map.shape[1])
     for b in range(feature_map.shape[0]):
         rows = torch.nonzero(sample_of_point == b, as_tuple=True)[0]

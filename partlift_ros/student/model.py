@@ -120,15 +120,17 @@ def devoxelize(voxels: SparseVoxels, levels: PointLevels, trilinear: bool = True
     frac = q - base
     base = base.long()
     index = voxels.context.index(s)
-    out = voxels.feats.new_zeros(q.shape[0], voxels.feats.shape[1])
-    total = q.new_zeros(q.shape[0], 1)
-    for corner in range(8):  # the 8 corners of the interpolation cell, each a vectorised lookup
-        bits = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], device=q.device)
-        rows = index.lookup(levels.coords_at(s, base + bits))
-        weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(dim=1, keepdim=True) * (rows >= 0)[:, None]
-        out = out + weight * voxels.feats[rows.clamp(min=0)]
-        total = total + weight
-    return out / total
+    corners = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], device=q.device)
+    rows, weights = [], []
+    for bits in corners:  # the 8 corners of the interpolation cell, each a vectorised lookup
+        r = index.lookup(levels.coords_at(s, base + bits))
+        weights.append(torch.where(bits.bool(), frac, 1.0 - frac).prod(dim=1) * (r >= 0))
+        rows.append(r.clamp(min=0))
+    weights = torch.stack(weights, dim=1)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    # One fused weighted gather-sum (no (N, 8, C) intermediate); differentiable w.r.t. the voxel features.
+    return F.embedding_bag(torch.stack(rows, dim=1), voxels.feats, per_sample_weights=weights.to(voxels.feats),
+                           mode="sum")
 
 
 class SPVCNN(nn.Module):

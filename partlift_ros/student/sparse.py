@@ -304,12 +304,16 @@ class SparseConv3d(nn.Module):
         out_coords = ctx.coords[out_stride]
         feats = x.feats
         weight = self.weight.to(feats.dtype)
+        out = None
         if kmap.identity_offset is not None:  # centre tap of a submanifold conv: a plain matmul
             out = feats @ weight[kmap.identity_offset]
-        else:
-            out = feats.new_zeros(out_coords.shape[0], self.out_channels)
         for k, in_rows, out_rows in kmap.pairs:
-            out.index_add_(0, out_rows, feats[in_rows] @ weight[k])  # in place: no (V, C) copy per tap
+            partial = feats[in_rows] @ weight[k]
+            if out is None:  # dtype of the matmul, which autocast may lower
+                out = partial.new_zeros(out_coords.shape[0], self.out_channels)
+            out.index_add_(0, out_rows, partial.to(out.dtype))  # in place: no (V, C) copy per tap
+        if out is None:  # no input site reaches any output site
+            out = (feats[:0] @ weight[0]).new_zeros(out_coords.shape[0], self.out_channels)
         if self.bias is not None:
             out = out + self.bias
         return SparseVoxels(out, out_coords, out_stride, ctx)
@@ -343,6 +347,9 @@ def _spconv_forward(conv: SparseConv3d, x: SparseVoxels) -> SparseVoxels:
         # spconv's strided conv activates every site its window touches; only k == s gives
         # exactly unique(floor(coords / s)), which the torch backend and the model rely on.
         raise ValueError("the spconv backend supports strided convolution only with kernel_size == stride")
+    if not x.feats.is_cuda and torch.is_grad_enabled() and (x.feats.requires_grad or conv.weight.requires_grad):
+        # spconv's CPU build computes forward only (its backward asks for a CUDA stream).
+        raise RuntimeError("spconv has no CPU backward: train on CPU with backend='torch' (or run under no_grad)")
     ctx = x.context
     fine_stride = x.stride // conv.stride if conv.transposed else x.stride
     op = _spconv_op(conv, fine_stride)

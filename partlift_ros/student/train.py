@@ -42,7 +42,7 @@ LAST = "last.pt"
 FINAL = "student.pt"
 METRICS = "metrics.jsonl"
 # Keys that change the network or what it learns from: a resumed run must keep them.
-_ARCHITECTURE_KEYS = ("width", "voxel_size", "use_2d", "image_channels", "backend", "rounds", "seed")
+_ARCHITECTURE_KEYS = ("width", "voxel_size", "use_2d", "image_channels", "backend", "seed")
 
 
 @dataclass
@@ -222,7 +222,7 @@ class _Trainer:
         aug = AugmentConfig(keep_ratio=cfg.keep_ratio) if cfg.augment else None
         self.transform = train_transform(cfg.voxel_size, aug, cfg.max_points)
         self.steps_per_epoch = math.ceil(len(self.dataset) / cfg.batch_size)
-        self._new_optimiser()
+        self.new_optimiser()
 
     def parameters(self) -> list:
         params = list(self.model.parameters())
@@ -230,7 +230,7 @@ class _Trainer:
             params += list(self.fusion.parameters())
         return params
 
-    def _new_optimiser(self) -> None:
+    def new_optimiser(self) -> None:
         cfg = self.cfg
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = cfg.epochs * self.steps_per_epoch
@@ -372,7 +372,7 @@ def train(
         if round_ > 0 and start_epoch == 0:
             agreement = rescore_units(trainer.model, trainer.dataset, cfg.voxel_size)
             agreements.append(agreement)
-            trainer._new_optimiser()
+            trainer.new_optimiser()
             trainer.progress({"kind": "rescore", "round": round_, "agreement": agreement})
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
