@@ -37,8 +37,9 @@ setup(
         # rclpy for machines without a ROS 2 install (a sourced ROS 2 provides these instead).
         "ros-wheels": [
             "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-sensor-msgs", "ros-std-msgs",
-            "ros-geometry-msgs", "ros-visualization-msgs",
+            "ros-geometry-msgs", "ros-visualization-msgs", "ros-diagnostic-msgs",
         ],
+        "slic": ["scikit-image>=0.22"],
         "spconv": ["spconv-cu120"],
     },
     zip_safe=False,

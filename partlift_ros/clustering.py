@@ -170,7 +170,72 @@ def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
     return np.unique(np.sort(pairs, axis=1), axis=0)
 
 
-def merge_pieces(piece: np.ndarray, features: np.ndarray, target: int, size_exponent: float, k: int) -> np.ndarray:
+def adjacent_pairs(xyz: np.ndarray, piece: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(E, 2) unique pairs a < b of pieces with points in the same or touching voxels.
+
+    Per voxel only the lowest and highest piece id take part (most voxels hold one or two pieces),
+    which keeps the join one-to-one and vectorised.
+    """
+    key = np.floor(xyz / voxel_size).astype(np.int64)
+    key -= key.min(axis=0) - 1
+    dims = key.max(axis=0) + 2
+    linear = (key[:, 0] * dims[1] + key[:, 1]) * dims[2] + key[:, 2]
+    order = np.lexsort((piece, linear))
+    linear, sorted_piece = linear[order], piece[order]
+    start = np.r_[True, linear[1:] != linear[:-1]]
+    stop = np.r_[linear[1:] != linear[:-1], True]
+    voxels, low, high = linear[start], sorted_piece[start], sorted_piece[stop]
+    pairs = [np.c_[low, high]]
+    offsets = np.vstack([_NEIGHBOUR_OFFSETS])
+    steps = (offsets[:, 0] * dims[1] + offsets[:, 1]) * dims[2] + offsets[:, 2]
+    query = voxels[None, :] + steps[:, None]
+    pos = np.minimum(np.searchsorted(voxels, query), voxels.shape[0] - 1)
+    hit = voxels[pos] == query
+    src = np.broadcast_to(np.arange(voxels.shape[0]), query.shape)[hit]
+    dst = pos[hit]
+    pairs += [np.c_[low[src], low[dst]], np.c_[high[src], high[dst]], np.c_[low[src], high[dst]], np.c_[high[src], low[dst]]]
+    pairs = np.sort(np.vstack(pairs), axis=1)
+    return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+
+
+def smallest_eigenvalue(cov: np.ndarray) -> np.ndarray:
+    """(M,) smallest eigenvalue of (M, 3, 3) symmetric matrices, closed form (trigonometric method)."""
+    a00, a11, a22 = cov[:, 0, 0], cov[:, 1, 1], cov[:, 2, 2]
+    a01, a02, a12 = cov[:, 0, 1], cov[:, 0, 2], cov[:, 1, 2]
+    q = (a00 + a11 + a22) / 3.0
+    p1 = a01**2 + a02**2 + a12**2
+    p = np.sqrt(((a00 - q) ** 2 + (a11 - q) ** 2 + (a22 - q) ** 2 + 2.0 * p1) / 6.0)
+    safe = np.where(p > 1e-12, p, 1.0)
+    b00, b11, b22 = (a00 - q) / safe, (a11 - q) / safe, (a22 - q) / safe
+    b01, b02, b12 = a01 / safe, a02 / safe, a12 / safe
+    det = b00 * (b11 * b22 - b12**2) - b01 * (b01 * b22 - b12 * b02) + b02 * (b01 * b12 - b11 * b02)
+    phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
+    return np.where(p > 1e-12, q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0), q)
+
+
+_UPPER = (np.array([0, 1, 2, 0, 0, 1]), np.array([0, 1, 2, 1, 2, 2]))
+
+
+def _plane_sse(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """n * smallest covariance eigenvalue: squared distances of a piece's points to its best plane."""
+    mean = s1 / count[:, None]
+    cov = np.empty((count.shape[0], 3, 3))
+    second = s2 / count[:, None]
+    for j, (r, c) in enumerate(zip(*_UPPER)):
+        cov[:, r, c] = cov[:, c, r] = second[:, j] - mean[:, r] * mean[:, c]
+    return count * np.maximum(smallest_eigenvalue(cov), 0.0)
+
+
+def merge_pieces(
+    piece: np.ndarray,
+    features: np.ndarray,
+    target: int,
+    size_exponent: float,
+    k: int,
+    xyz: np.ndarray | None = None,
+    plane_weight: float = 0.0,
+    adjacency: np.ndarray | None = None,
+) -> np.ndarray:
     """Merge pieces (ids 0..P-1 per point) until at most ``target`` remain; returns the merged id per point.
 
     Each round every piece picks its cheapest candidate partner; mutual picks merge (a matching, so
@@ -181,14 +246,22 @@ def merge_pieces(piece: np.ndarray, features: np.ndarray, target: int, size_expo
     num = int(piece.max()) + 1
     count = np.bincount(piece, minlength=num).astype(np.float64)
     sums = np.stack([np.bincount(piece, features[:, j], num) for j in range(features.shape[1])], axis=1)
+    use_plane = xyz is not None and plane_weight > 0
+    if use_plane:
+        s1 = np.stack([np.bincount(piece, xyz[:, j], num) for j in range(3)], axis=1)
+        s2 = np.stack([np.bincount(piece, xyz[:, r] * xyz[:, c], num) for r, c in zip(*_UPPER)], axis=1)
+        sse = _plane_sse(count, s1, s2)
     merged = np.arange(num)
-    pairs = np.zeros((0, 2), dtype=np.int64)
+    pairs = np.zeros((0, 2), dtype=np.int64) if adjacency is None else adjacency
     while count.shape[0] > target:
         mean = sums / count[:, None]
         if pairs.shape[0] == 0:
             pairs = _candidate_pairs(mean[:, :3], k)
         a, b = pairs[:, 0], pairs[:, 1]
         cost = ((mean[a] - mean[b]) ** 2).sum(axis=1) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
+        if use_plane:
+            joint = _plane_sse(count[a] + count[b], s1[a] + s1[b], s2[a] + s2[b])
+            cost = cost + plane_weight * np.maximum(joint - sse[a] - sse[b], 0.0)
         src, dst, both = np.r_[a, b], np.r_[b, a], np.r_[cost, cost]
         order = np.lexsort((both, src))
         src, dst, both = src[order], dst[order], both[order]
@@ -206,6 +279,10 @@ def merge_pieces(piece: np.ndarray, features: np.ndarray, target: int, size_expo
         m = int(new_id.max()) + 1
         count = np.bincount(new_id, count, m)
         sums = np.stack([np.bincount(new_id, sums[:, j], m) for j in range(sums.shape[1])], axis=1)
+        if use_plane:
+            s1 = np.stack([np.bincount(new_id, s1[:, j], m) for j in range(3)], axis=1)
+            s2 = np.stack([np.bincount(new_id, s2[:, j], m) for j in range(6)], axis=1)
+            sse = _plane_sse(count, s1, s2)
         merged = new_id[merged]
         pairs = new_id[pairs]
         pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
@@ -213,7 +290,11 @@ def merge_pieces(piece: np.ndarray, features: np.ndarray, target: int, size_expo
 
 
 def supervoxel_superpoints(
-    points: np.ndarray, cfg: ClusteringConfig, eligible: np.ndarray, views: list[tuple[Projection, np.ndarray]]
+    points: np.ndarray,
+    cfg: ClusteringConfig,
+    eligible: np.ndarray,
+    views: list[tuple[Projection, np.ndarray]],
+    images: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Annotation-free over-segmentation of the eligible points (see the module docstring)."""
     labels = np.full(points.shape[0], IGNORE, dtype=np.int64)
@@ -224,13 +305,35 @@ def supervoxel_superpoints(
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     superpixel = _superpixel_of_points(points.shape[0], views)[idx]
     piece = _initial_pieces(xyz, ground, superpixel, cfg)
-    features = np.c_[
+    cols = [
         xyz / cfg.position_scale,
         np.asarray(points[idx, 3], dtype=np.float64) * cfg.intensity_weight,
         ground * cfg.ground_weight,
     ]
-    labels[idx] = merge_pieces(piece, features, max(1, cfg.max_superpoints), cfg.merge_size_exponent, cfg.merge_neighbours)
+    if images and cfg.colour_weight > 0:
+        cols.append(_point_colours(points.shape[0], views, images)[idx] * cfg.colour_weight)
+    features = np.column_stack(cols)
+    adjacency = adjacent_pairs(xyz, piece, cfg.adjacency_voxel) if cfg.adjacency_voxel > 0 else None
+    labels[idx] = merge_pieces(piece, features, max(1, cfg.max_superpoints), cfg.merge_size_exponent, cfg.merge_neighbours,
+                               xyz, cfg.plane_weight, adjacency)
     return relabel_contiguous(labels, cfg.min_points)
+
+
+def _point_colours(n: int, views: list[tuple[Projection, np.ndarray]], images: list[np.ndarray]) -> np.ndarray:
+    """(N, 3) CIE Lab colour (L, a, b scaled to 0..1) of each point's pixel, first camera wins; 0 = unseen."""
+    import cv2
+
+    out = np.zeros((n, 3))
+    done = np.zeros(n, dtype=bool)
+    for (proj, _), image in zip(views, images):
+        todo = proj.in_image & ~done
+        px = proj.pixels[todo]
+        h, w = image.shape[:2]
+        rgb = image[np.clip(px[:, 1], 0, h - 1), np.clip(px[:, 0], 0, w - 1)]
+        lab = cv2.cvtColor(np.ascontiguousarray(rgb[None]).astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[0]
+        out[todo] = lab / np.array([100.0, 100.0, 100.0])
+        done |= todo
+    return out
 
 
 def segment_superpoints(
@@ -238,6 +341,7 @@ def segment_superpoints(
     cfg: ClusteringConfig,
     eligible: np.ndarray | None = None,
     views: list[tuple[Projection, np.ndarray]] | None = None,
+    images: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """(N,) int32 superpoint ids 0..M-1, IGNORE for points that are not eligible or not clustered.
 
@@ -262,5 +366,5 @@ def segment_superpoints(
     if cfg.method == "dbscan":
         return dbscan_superpoints(points, cfg, eligible)
     if cfg.method == "supervoxel":
-        return supervoxel_superpoints(points, cfg, eligible, views or [])
+        return supervoxel_superpoints(points, cfg, eligible, views or [], images)
     raise InputError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {cfg.method!r}")

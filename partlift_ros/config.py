@@ -59,6 +59,9 @@ class ClusteringConfig:
     ground_weight: float = 5.0  # supervoxel merge: cost of joining ground and non-ground pieces
     merge_size_exponent: float = 0.5  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
     merge_neighbours: int = 6  # supervoxel merge: candidate pairs = k nearest piece centroids
+    plane_weight: float = 0.0
+    colour_weight: float = 0.0
+    adjacency_voxel: float = 0.0
 
 
 @dataclass
@@ -92,15 +95,6 @@ class AffinityConfig:
 
 
 @dataclass
-class SamConfig:
-    enabled: bool = False
-    model_type: str = "vit_b"
-    checkpoint: str = ""
-    mask_crops: bool = True  # grey out the background of the crop before CLIP
-    drop_outside: bool = True  # drop instance points projecting outside the mask
-
-
-@dataclass
 class PipelineConfig:
     classes: list[str] = field(default_factory=lambda: list(SEMANTIC_KITTI_CLASSES))
     # Generalized zero-shot: CLIP chooses among these only (empty = all classes).
@@ -109,7 +103,6 @@ class PipelineConfig:
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
-    sam: SamConfig = field(default_factory=SamConfig)
     seed: int = 0
 
     def validate(self) -> None:

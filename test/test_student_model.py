@@ -17,7 +17,7 @@ from partlift_ros.student.losses import (
     pseudo_label_loss,
     weighted_cross_entropy,
 )
-from partlift_ros.student.model import SPVCNN
+from partlift_ros.student.model import SPVCNN, PointLevels, devoxelize, voxelize
 from partlift_ros.student.sparse import (
     SparseContext,
     SparseConv3d,
@@ -421,3 +421,32 @@ def test_kernel_map_offsets_cover_the_cube_in_conv3d_order():
         assert len(hit) == 1
         d = (coords[hit[0], 1:] - centre[0, 1:] + 1).tolist()
         assert (d[0] * 3 + d[1]) * 3 + d[2] == k
+
+
+def test_voxel_size_that_does_not_match_grid_coord_is_rejected():
+    batch = synthetic_batch(n=200, voxel=0.1)
+    model = SPVCNN(4, torch.randn(2, 8), width=4, voxel_size=0.05, backend="torch")
+    with pytest.raises(InputError, match="voxel_size"):
+        model(batch)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_trilinear_devoxelize_reproduces_a_linear_field(stride):
+    """Voxel features = their centre position; interpolating inside the grid gives the point position back."""
+    g = torch.Generator().manual_seed(0)
+    coord = torch.cat([torch.zeros(1, 3), 1.0 + 4.0 * torch.rand(300, 3, generator=g)])  # a point at the origin
+    levels = PointLevels(coord, torch.floor(coord).int(), torch.zeros(301, dtype=torch.long), voxel_size=1.0)
+    side = 6 // stride
+    sites = torch.cartesian_prod(*[torch.arange(side)] * 3)
+    voxels = SparseVoxels(((sites + 0.5) * stride).float(), torch.cat([torch.zeros(len(sites), 1), sites], 1).int(),
+                          stride=stride)
+    torch.testing.assert_close(devoxelize(voxels, levels)[1:], coord[1:])
+    # nearest: the centre of the voxel holding the point
+    expected = (torch.div(torch.floor(coord), stride, rounding_mode="floor") + 0.5) * stride
+    torch.testing.assert_close(devoxelize(voxels, levels, trilinear=False), expected)
+
+
+def test_voxelize_averages_points_per_voxel():
+    feats = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]])
+    out = voxelize(feats, torch.tensor([1, 1, 0]), 3)
+    torch.testing.assert_close(out, torch.tensor([[10.0, 0.0], [2.0, 3.0], [0.0, 0.0]]))

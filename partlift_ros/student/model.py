@@ -80,9 +80,15 @@ class PointLevels:
         shift = torch.zeros(int(batch_index.max()) + 1, 3, dtype=scaled.dtype, device=coord.device)
         shift = shift.scatter_reduce(0, batch_index[:, None].expand(-1, 3), scaled - self.grid_coord,
                                      reduce="amin", include_self=False)
-        frac = (scaled - shift[batch_index] - self.grid_coord).clamp(0.0, 1.0 - 1e-6)
-        self.position = (self.grid_coord + frac).float()
+        frac = scaled - shift[batch_index] - self.grid_coord
+        if bool((frac > 1.0 + 1e-3).any()):
+            raise InputError(f"grid_coord does not match voxel_size={voxel_size} m: points lie outside their voxels")
+        self.position = (self.grid_coord + frac.clamp(0.0, 1.0 - 1e-6)).float()
         self._rows: dict[int, Tensor] = {}
+
+    def remember_rows(self, stride: int, rows: Tensor) -> None:
+        """Record point -> voxel rows already known (e.g. from voxelisation) to skip a lookup."""
+        self._rows[stride] = rows
 
     def coords_at(self, stride: int, xyz: Tensor | None = None) -> Tensor:
         """(N, 4) [b, x, y, z] sites at ``stride`` (floor division, as the strided convs do)."""
@@ -140,7 +146,8 @@ class SPVCNN(nn.Module):
         in_channels: per-point input features (e.g. 4 for x, y, z, intensity).
         class_embeddings: (C, D) text embeddings of the class names; normalised and frozen here.
         width: channel scale (SPVCNN's full model is 32); channels are ``width * channel_multipliers``.
-        voxel_size: metres per fine voxel; only used to place points inside voxels for interpolation.
+        voxel_size: metres per fine voxel; must be the grid size that made ``grid_coord`` (it places points
+            inside their voxels for trilinear interpolation; a mismatch raises InputError).
         channel_multipliers: stem, ``n`` encoder stages, ``n`` decoder stages (odd length).
         blocks: residual blocks per stage.
         trilinear: voxel -> point interpolation (False: nearest voxel, cheaper).
@@ -204,6 +211,10 @@ class SPVCNN(nn.Module):
         self.class_embeddings = new.to(self.class_embeddings.device)
 
     @property
+    def embed_dim(self) -> int:
+        return int(self.class_embeddings.shape[1])
+
+    @property
     def num_classes(self) -> int:
         return int(self.class_embeddings.shape[0])
 
@@ -215,7 +226,7 @@ class SPVCNN(nn.Module):
 
         keys, rows = torch.unique(pack_keys(levels.coords_at(1)), return_inverse=True)
         x = SparseVoxels(voxelize(feat, rows, keys.shape[0]), unpack_keys(keys), stride=1)
-        levels._rows[1] = rows  # known from the unique above; saves a lookup
+        levels.remember_rows(1, rows)
         x = self.stem(x)
         z = devoxelize(x, levels, self.trilinear)
 
@@ -233,10 +244,17 @@ class SPVCNN(nn.Module):
             if j + 1 < self.num_stages:
                 x = x.replace(voxelize(z, levels.voxel_rows(x), x.coords.shape[0]))
 
-        embeddings = F.normalize(self.head(z), dim=1)
-        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        logits = scale * embeddings @ self.class_embeddings.t()
+        logits, embeddings = self.classify(z)
         return {"logits": logits, "point_features": z, "embeddings": embeddings}
+
+    def classify(self, point_features: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, F) features -> (logits (N, C), unit embeddings (N, D)): cosine to the classes x temperature.
+
+        Public so a fused (2D + 3D) branch with the same feature width is scored by the same head.
+        """
+        embeddings = F.normalize(self.head(point_features), dim=1)
+        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        return scale * embeddings @ self.class_embeddings.t().to(embeddings.dtype), embeddings
 
     def _fuse(self, x: SparseVoxels, z: Tensor, levels: PointLevels, i: int) -> Tensor:
         """New point features = interpolated voxel features + MLP of the previous point features."""

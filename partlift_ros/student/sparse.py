@@ -170,14 +170,18 @@ def _build_kernel_map(in_index: KeyIndex, out_coords: Tensor, kernel_size: int, 
     centre = (kernel_size**3) // 2 if submanifold else None
     pairs = []
     for k, offset in enumerate(offsets):  # loop over k^3 taps only; each tap is one vectorised lookup
-        if k == centre:
-            continue
+        if submanifold and k >= centre:
+            break  # the rest mirror the first half (below)
         query = base.clone()
         query[:, 1:] += offset
         in_rows = in_index.lookup(query)
         hit = in_rows >= 0
         if bool(hit.any()):
             pairs.append((k, in_rows[hit], out_rows_all[hit]))
+    if submanifold:
+        # Same sites in and out: "i is o's neighbour at offset d" means "o is i's neighbour at -d",
+        # and offset -d has index k^3 - 1 - k, so the second half costs no lookups.
+        pairs += [(kernel_size**3 - 1 - k, o, i) for k, i, o in reversed(pairs)]
     return KernelMap(pairs, centre)
 
 
