@@ -82,8 +82,10 @@ def main() -> None:
     print(f"crops: {len(crops)} from {origin}, sizes 30-300 x 30-200 px")
 
     # Preprocessing alone: the torch path vs CLIPImageProcessor (PIL backend), same crops, same run.
-    ours = best_time(lambda: labeler.preprocess(crops, labeler.device, labeler.dtype), args.repeats)
-    ref = best_time(lambda: labeler.image_processor(crops, return_tensors="pt")["pixel_values"], args.repeats)
+    # Cheap, so always best of >= 3 runs after a warm-up run (thread pools, first-call allocations).
+    ours = best_time(lambda: labeler.preprocess(crops, labeler.device, labeler.dtype), max(args.repeats, 3) + 1)
+    ref = best_time(lambda: labeler.image_processor(crops, return_tensors="pt")["pixel_values"],
+                    max(args.repeats, 3) + 1)
     diff = (labeler.preprocess(crops, torch.device("cpu"), torch.float32)
             - labeler.image_processor(crops, return_tensors="pt")["pixel_values"]).abs()
     print(f"preprocess torch : {len(crops) / ours:9.1f} crops/s")

@@ -1,6 +1,6 @@
 """Can the student reproduce the pseudo-labels it is trained on? (capacity / pipeline sanity check)
 
-    python benchmarks/bench_student_overfit.py [--frames 3] [--epochs 80] [--voxel 0.2] [--width 16]
+    python benchmarks/bench_student_overfit.py [--frames 3] [--epochs 60] [--voxel 0.2] [--width 16]
 
 Pseudo-labels: the SemanticKITTI ground truth of the first few real frames of sequence 08 (../shared/data),
 written as a `partlift label` run (no CLIP weights exist on this machine, and for this check the labels'
@@ -49,10 +49,10 @@ def voxel_purity(coord: np.ndarray, segment: np.ndarray, voxel: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--voxel", type=float, default=0.2)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--max-points", type=int, default=12000, help="voxels per scan per step (random each step)")
+    ap.add_argument("--max-points", type=int, default=0, help="sphere-crop scans to this many voxels (0 = whole)")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--use-2d", action="store_true", help="also train the 2D branch (slower)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")

@@ -9,6 +9,7 @@ its score row. Only ``transformers.CLIPModel`` is used; the image preprocessing 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -205,15 +206,37 @@ class CropPreprocessor:
         """(B, 3, H, W) pixel values ready for the vision tower."""
         import torch
 
-        batch = torch.stack([self.resize_and_crop(c) for c in crops]).to(device, non_blocking=True)
-        # (x * r - mean) / std folded into one multiply and one subtract, in place.
-        scale = torch.full((1, 3, 1, 1), self.rescale_factor or 1.0, device=device)
-        shift = torch.zeros((1, 3, 1, 1), device=device)
-        if self.mean is not None:
-            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-            scale = scale / std
-            shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) / std
-        return batch.float().mul_(scale).sub_(shift).to(dtype)
+        with _single_threaded():
+            batch = torch.stack([self.resize_and_crop(c) for c in crops]).to(device, non_blocking=True)
+            # (x * r - mean) / std folded into one multiply and one subtract, in place.
+            scale = torch.full((1, 3, 1, 1), self.rescale_factor or 1.0, device=device)
+            shift = torch.zeros((1, 3, 1, 1), device=device)
+            if self.mean is not None:
+                std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+                scale = scale / std
+                shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) / std
+            return batch.float().mul_(scale).sub_(shift).to(dtype)
+
+
+@contextmanager
+def _single_threaded():
+    """Run CPU torch ops on the calling thread only, then restore the thread count.
+
+    Preprocessing is many sub-millisecond ops (one resize per crop, then two passes over the batch):
+    intra-op threads only add fork/join cost, and when the CPU is shared with other processes each join
+    can wait a whole scheduler slice (measured: 2 threads on 2 busy cores ran several times slower than 1).
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _center_crop(x: "torch.Tensor", crop_hw: tuple[int, int]) -> "torch.Tensor":

@@ -142,7 +142,7 @@ def _superpixel_of_points(n: int, views: list[tuple[Projection, np.ndarray]]) ->
     return out
 
 
-def _initial_pieces(xyz: np.ndarray, ground: np.ndarray, superpixel: np.ndarray, cfg: ClusteringConfig) -> np.ndarray:
+def _initial_pieces(xyz: np.ndarray, ground: np.ndarray, superpixel: np.ndarray, cfg: ClusteringConfig) -> tuple[np.ndarray, np.ndarray]:
     """(n,) piece id: ground / 3D component, cut by image superpixel (or a coarse grid where unseen)."""
     component = np.zeros(xyz.shape[0], dtype=np.int64)  # 0 = ground
     if (~ground).any():
@@ -156,7 +156,36 @@ def _initial_pieces(xyz: np.ndarray, ground: np.ndarray, superpixel: np.ndarray,
         _, cell_id = np.unique(cells, axis=0, return_inverse=True)
         cut[unseen] = int(superpixel.max(initial=-1)) + 1 + cell_id.reshape(-1)
     _, piece = np.unique(component * (int(cut.max()) + 1) + cut, return_inverse=True)
-    return piece.reshape(-1)
+    return piece.reshape(-1), component
+
+
+def absorb_fragments(piece: np.ndarray, component: np.ndarray, xyz: np.ndarray, min_size: int) -> np.ndarray:
+    """Give every piece with fewer than ``min_size`` points to the nearest piece of its own 3D component.
+
+    Superpixel cuts leave many one- and two-point fragments on sparse surfaces; each would cost a merge
+    step and a slot of the budget. Fragments whose component has no larger piece (a small isolated
+    object, e.g. a distant vehicle seen by a few beams) are kept as they are.
+    """
+    from scipy.spatial import cKDTree
+
+    num = int(piece.max()) + 1
+    count = np.bincount(piece, minlength=num)
+    small = (count < min_size) & (count > 0)
+    big = np.flatnonzero(count >= min_size)
+    if min_size <= 1 or not small.any() or big.size == 0:
+        return piece
+    piece_component = np.zeros(num, dtype=np.int64)
+    piece_component[piece] = component
+    centre = np.stack([np.bincount(piece, xyz[:, j], num) for j in range(3)], axis=1) / np.maximum(count, 1)[:, None]
+    # A huge 4th coordinate per component makes the nearest neighbour stay inside the component.
+    key = np.c_[centre, piece_component * 1e6]
+    small_ids = np.flatnonzero(small)
+    nearest = big[cKDTree(key[big]).query(key[small_ids])[1]]
+    same = piece_component[nearest] == piece_component[small_ids]
+    target = np.arange(num)
+    target[small_ids[same]] = nearest[same]
+    _, out = np.unique(target[piece], return_inverse=True)
+    return out.reshape(-1)
 
 
 def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
@@ -198,32 +227,37 @@ def adjacent_pairs(xyz: np.ndarray, piece: np.ndarray, voxel_size: float) -> np.
     return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
 
 
-def smallest_eigenvalue(cov: np.ndarray) -> np.ndarray:
-    """(M,) smallest eigenvalue of (M, 3, 3) symmetric matrices, closed form (trigonometric method)."""
+def symmetric_eigenvalues(cov: np.ndarray) -> np.ndarray:
+    """(M, 3) ascending eigenvalues of (M, 3, 3) symmetric matrices, closed form (trigonometric method).
+
+    About 10x faster than a batched LAPACK call for the few thousand 3x3 matrices of one merge round.
+    """
     a00, a11, a22 = cov[:, 0, 0], cov[:, 1, 1], cov[:, 2, 2]
     a01, a02, a12 = cov[:, 0, 1], cov[:, 0, 2], cov[:, 1, 2]
     q = (a00 + a11 + a22) / 3.0
-    p1 = a01**2 + a02**2 + a12**2
-    p = np.sqrt(((a00 - q) ** 2 + (a11 - q) ** 2 + (a22 - q) ** 2 + 2.0 * p1) / 6.0)
+    p = np.sqrt(((a00 - q) ** 2 + (a11 - q) ** 2 + (a22 - q) ** 2 + 2.0 * (a01**2 + a02**2 + a12**2)) / 6.0)
     safe = np.where(p > 1e-12, p, 1.0)
     b00, b11, b22 = (a00 - q) / safe, (a11 - q) / safe, (a22 - q) / safe
     b01, b02, b12 = a01 / safe, a02 / safe, a12 / safe
     det = b00 * (b11 * b22 - b12**2) - b01 * (b01 * b22 - b12 * b02) + b02 * (b01 * b12 - b11 * b02)
     phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
-    return np.where(p > 1e-12, q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0), q)
+    largest = q + 2.0 * p * np.cos(phi)
+    smallest = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return np.stack([smallest, 3.0 * q - largest - smallest, largest], axis=1)
 
 
 _UPPER = (np.array([0, 1, 2, 0, 0, 1]), np.array([0, 1, 2, 1, 2, 2]))
 
 
-def _plane_sse(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """n * smallest covariance eigenvalue: squared distances of a piece's points to its best plane."""
+def _shape_sse(count: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distances of a piece's points to its best plane and to its best line (n * eigenvalues)."""
     mean = s1 / count[:, None]
     cov = np.empty((count.shape[0], 3, 3))
     second = s2 / count[:, None]
     for j, (r, c) in enumerate(zip(*_UPPER)):
         cov[:, r, c] = cov[:, c, r] = second[:, j] - mean[:, r] * mean[:, c]
-    return count * np.maximum(smallest_eigenvalue(cov), 0.0)
+    eig = np.maximum(symmetric_eigenvalues(cov), 0.0)
+    return count * eig[:, 0], count * (eig[:, 0] + eig[:, 1])
 
 
 def merge_pieces(
@@ -235,6 +269,13 @@ def merge_pieces(
     xyz: np.ndarray | None = None,
     plane_weight: float = 0.0,
     adjacency: np.ndarray | None = None,
+    gap_factor: float = 0.0,
+    position_scale: float = 1.0,
+    group: np.ndarray | None = None,
+    group_weight: float = 0.0,
+    max_cost: float = np.inf,
+    line_weight: float = 0.0,
+    min_size: int = 1,
 ) -> np.ndarray:
     """Merge pieces (ids 0..P-1 per point) until at most ``target`` remain; returns the merged id per point.
 
@@ -246,22 +287,37 @@ def merge_pieces(
     num = int(piece.max()) + 1
     count = np.bincount(piece, minlength=num).astype(np.float64)
     sums = np.stack([np.bincount(piece, features[:, j], num) for j in range(features.shape[1])], axis=1)
-    use_plane = xyz is not None and plane_weight > 0
-    if use_plane:
+    use_plane = xyz is not None and (plane_weight > 0 or line_weight > 0)
+    if xyz is not None:
         s1 = np.stack([np.bincount(piece, xyz[:, j], num) for j in range(3)], axis=1)
         s2 = np.stack([np.bincount(piece, xyz[:, r] * xyz[:, c], num) for r, c in zip(*_UPPER)], axis=1)
-        sse = _plane_sse(count, s1, s2)
+        sse, line_sse = _shape_sse(count, s1, s2)
+    if group is not None:
+        piece_group = np.zeros(num, dtype=np.int64)
+        piece_group[piece] = group
     merged = np.arange(num)
     pairs = np.zeros((0, 2), dtype=np.int64) if adjacency is None else adjacency
-    while count.shape[0] > target:
+    while (count >= min_size).sum() > target:
         mean = sums / count[:, None]
         if pairs.shape[0] == 0:
-            pairs = _candidate_pairs(mean[:, :3], k)
+            pairs = _candidate_pairs(mean[:, :3] if xyz is None else s1 / count[:, None], k)
         a, b = pairs[:, 0], pairs[:, 1]
-        cost = ((mean[a] - mean[b]) ** 2).sum(axis=1) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
+        if xyz is not None and gap_factor > 0:
+            centre = s1 / count[:, None]
+            radius = np.sqrt(np.maximum(s2[:, :3].sum(axis=1) / count - (centre**2).sum(axis=1), 0.0))
+            dist = np.linalg.norm(centre[a] - centre[b], axis=1)
+            gap = np.maximum(dist - gap_factor * (radius[a] + radius[b]), 0.0) / position_scale
+            cost = (((mean[a, 3:] - mean[b, 3:]) ** 2).sum(axis=1) + gap**2) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
+        else:
+            cost = ((mean[a] - mean[b]) ** 2).sum(axis=1) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
         if use_plane:
-            joint = _plane_sse(count[a] + count[b], s1[a] + s1[b], s2[a] + s2[b])
-            cost = cost + plane_weight * np.maximum(joint - sse[a] - sse[b], 0.0)
+            n_ab = count[a] + count[b]
+            joint, joint_line = _shape_sse(n_ab, s1[a] + s1[b], s2[a] + s2[b])
+            shape = plane_weight * np.maximum(joint - sse[a] - sse[b], 0.0)
+            shape += line_weight * np.maximum(joint_line - line_sse[a] - line_sse[b], 0.0)
+            cost = cost + shape / n_ab * (count[a] * count[b] / n_ab) ** size_exponent
+        if group is not None:
+            cost = cost + group_weight * (piece_group[a] != piece_group[b]) * (count[a] * count[b] / (count[a] + count[b])) ** size_exponent
         src, dst, both = np.r_[a, b], np.r_[b, a], np.r_[cost, cost]
         order = np.lexsort((both, src))
         src, dst, both = src[order], dst[order], both[order]
@@ -272,17 +328,25 @@ def merge_pieces(
         best_cost[src[first]] = both[first]
         has = np.flatnonzero(best >= 0)
         winners = has[(best[best[has]] == has) & (has < best[has])]
-        winners = winners[np.argsort(best_cost[winners], kind="stable")[: count.shape[0] - target]]
+        winners = winners[np.argsort(best_cost[winners], kind="stable")[: int((count >= min_size).sum()) - target]]
+        winners = winners[best_cost[winners] <= max_cost]
+        if winners.size == 0:
+            break
         new_id = np.arange(count.shape[0])
         new_id[best[winners]] = winners
         _, new_id = np.unique(new_id, return_inverse=True)
         m = int(new_id.max()) + 1
+        if group is not None:  # a merged piece keeps the group of its larger part
+            big = np.argsort(count, kind="stable")
+            piece_group_new = np.zeros(m, dtype=np.int64)
+            piece_group_new[new_id[big]] = piece_group[big]
+            piece_group = piece_group_new
         count = np.bincount(new_id, count, m)
         sums = np.stack([np.bincount(new_id, sums[:, j], m) for j in range(sums.shape[1])], axis=1)
-        if use_plane:
+        if xyz is not None:
             s1 = np.stack([np.bincount(new_id, s1[:, j], m) for j in range(3)], axis=1)
             s2 = np.stack([np.bincount(new_id, s2[:, j], m) for j in range(6)], axis=1)
-            sse = _plane_sse(count, s1, s2)
+            sse, line_sse = _shape_sse(count, s1, s2)
         merged = new_id[merged]
         pairs = new_id[pairs]
         pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
@@ -304,18 +368,39 @@ def supervoxel_superpoints(
     xyz = np.asarray(points[idx, :3], dtype=np.float64)
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     superpixel = _superpixel_of_points(points.shape[0], views)[idx]
-    piece = _initial_pieces(xyz, ground, superpixel, cfg)
+    piece, component = _initial_pieces(xyz, ground, superpixel, cfg)
     cols = [
         xyz / cfg.position_scale,
         np.asarray(points[idx, 3], dtype=np.float64) * cfg.intensity_weight,
         ground * cfg.ground_weight,
     ]
     if images and cfg.colour_weight > 0:
-        cols.append(_point_colours(points.shape[0], views, images)[idx] * cfg.colour_weight)
+        cols.append(_point_colours(points.shape[0], views, images)[idx][:, 1:] * cfg.colour_weight)
     features = np.column_stack(cols)
+    if cfg.fragment_points > 1:
+        piece = absorb_fragments(piece, component, xyz, cfg.fragment_points)
+    if cfg.safe_cost > 0:
+        safe_feats = np.column_stack(cols[1:]) if len(cols) > 1 else np.zeros((len(idx), 0))
+        safe_feats = np.c_[xyz * 0.0, safe_feats[:, [0] + list(range(2, safe_feats.shape[1]))]]
+        piece = merge_pieces(piece, safe_feats, 1, 0.0, cfg.merge_neighbours, xyz, cfg.safe_plane_weight, None, 0.0, 1.0,
+                             component, 1e9, cfg.safe_cost)
+        _, piece = np.unique(piece, return_inverse=True)
+    if cfg.ground_budget > 0:
+        _, piece = np.unique(piece, return_inverse=True)
+        gp = np.zeros(piece.max() + 1, bool); gp[piece] = ground
+        g_pts = gp[piece]
+        gf = np.c_[xyz[g_pts] / cfg.ground_position_scale, features[g_pts, 3:]]
+        _, gpiece = np.unique(piece[g_pts], return_inverse=True)
+        gm = merge_pieces(gpiece, gf, cfg.ground_budget, cfg.merge_size_exponent, cfg.merge_neighbours, xyz[g_pts], cfg.plane_weight, None, 0.0, 1.0, None, 0.0, np.inf, cfg.line_weight)
+        _, npiece = np.unique(piece[~g_pts], return_inverse=True)
+        nm = merge_pieces(npiece, features[~g_pts], max(1, cfg.max_superpoints - cfg.ground_budget), cfg.merge_size_exponent, cfg.merge_neighbours,
+                          xyz[~g_pts], cfg.plane_weight, None, 0.0, cfg.position_scale, None, 0.0, np.inf, cfg.line_weight)
+        out = np.empty(len(idx), np.int64); out[g_pts] = gm; out[~g_pts] = nm + gm.max() + 1
+        labels[idx] = out
+        return relabel_contiguous(labels, cfg.min_points)
     adjacency = adjacent_pairs(xyz, piece, cfg.adjacency_voxel) if cfg.adjacency_voxel > 0 else None
     labels[idx] = merge_pieces(piece, features, max(1, cfg.max_superpoints), cfg.merge_size_exponent, cfg.merge_neighbours,
-                               xyz, cfg.plane_weight, adjacency)
+                               xyz, cfg.plane_weight, adjacency, cfg.gap_factor, cfg.position_scale, component, cfg.group_weight, np.inf, cfg.line_weight, cfg.min_points)
     return relabel_contiguous(labels, cfg.min_points)
 
 

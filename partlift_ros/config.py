@@ -62,6 +62,14 @@ class ClusteringConfig:
     plane_weight: float = 0.0
     colour_weight: float = 0.0
     adjacency_voxel: float = 0.0
+    gap_factor: float = 0.0
+    group_weight: float = 0.0
+    safe_cost: float = 0.0
+    fragment_points: int = 0
+    line_weight: float = 0.0
+    ground_budget: int = 0
+    ground_position_scale: float = 1.0
+    safe_plane_weight: float = 0.0
 
 
 @dataclass

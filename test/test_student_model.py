@@ -307,17 +307,34 @@ def test_spvcnn_overfits_a_tiny_scene():
     assert accuracy > 0.95
 
 
-def test_spvcnn_runs_on_a_real_kitti_crop(seq08):
+def kitti_crop_batch(seq08, half_size: float = 4.0) -> dict:
+    """Points of real scan 08/000000 within a square around 8 m ahead, Pointcept-style grid at 5 cm."""
     points = np.fromfile(seq08 / "velodyne" / "000000.bin", dtype=np.float32).reshape(-1, 4)
-    crop = points[(np.abs(points[:, 0] - 8) < 4) & (np.abs(points[:, 1]) < 4)]
+    crop = points[(np.abs(points[:, 0] - 8) < half_size) & (np.abs(points[:, 1]) < half_size)]
     coord = torch.from_numpy(crop[:, :3].copy())
-    batch = {"coord": coord, "feat": torch.from_numpy(crop.copy()), "offset": torch.tensor([len(crop)]),
-             "grid_coord": torch.floor((coord - coord.min(0).values) / 0.05).int()}
+    return {"coord": coord, "feat": torch.from_numpy(crop.copy()), "offset": torch.tensor([len(crop)]),
+            "grid_coord": torch.floor((coord - coord.min(0).values) / 0.05).int()}
+
+
+def test_spvcnn_runs_on_a_real_kitti_crop(seq08):
+    batch = kitti_crop_batch(seq08)
+    n = batch["coord"].shape[0]
     model = SPVCNN(4, torch.randn(19, 8), width=4, backend="torch").eval()
     with torch.no_grad():
         out = model(batch)
-    assert out["logits"].shape == (len(crop), 19) and torch.isfinite(out["logits"]).all()
-    assert len(crop) > 1000
+    assert n > 1000
+    assert out["logits"].shape == (n, 19) and torch.isfinite(out["logits"]).all()
+    assert out["point_features"].abs().sum(1).gt(0).float().mean() > 0.9  # features reach (almost) every point
+
+
+@needs_spconv
+def test_spconv_and_torch_backends_agree_on_a_real_kitti_crop(seq08):
+    batch = kitti_crop_batch(seq08, half_size=3.0)
+    model = SPVCNN(4, torch.randn(19, 8), width=4, backend="torch").eval()
+    twin = SPVCNN(4, torch.randn(19, 8), width=4, backend="spconv").eval()
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)["logits"], twin(batch)["logits"], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_batches_raise_input_error():
@@ -450,3 +467,23 @@ def test_voxelize_averages_points_per_voxel():
     feats = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0]])
     out = voxelize(feats, torch.tensor([1, 1, 0]), 3)
     torch.testing.assert_close(out, torch.tensor([[10.0, 0.0], [2.0, 3.0], [0.0, 0.0]]))
+
+
+@needs_spconv
+def test_spconv_cpu_submanifold_is_exact_with_several_threads():
+    """spconv's CPU pair generation races across threads (issue #679); the backend runs it on one thread."""
+    batch = synthetic_batch(n=800, seed=4)
+    ctx = SparseContext()
+    ctx.register(1, unpack_keys(torch.unique(pack_keys(torch.cat(
+        [torch.repeat_interleave(torch.arange(2), 800)[:, None], batch["grid_coord"]], 1)))))
+    coords = ctx.downsampled(1, 2)  # a flat, dense layout where the race showed up
+    feats = torch.randn(len(coords), 3)
+    ours = SparseConv3d(3, 4, 3, backend="torch")
+    theirs = SparseConv3d(3, 4, 3, backend="spconv")
+    theirs.load_state_dict(ours.state_dict())
+    torch.set_num_threads(2)  # the autouse fixture restores the count afterwards
+    with torch.no_grad():
+        expected = ours(SparseVoxels(feats, coords)).feats
+        for _ in range(3):
+            torch.testing.assert_close(theirs(SparseVoxels(feats, coords)).feats, expected, rtol=1e-5, atol=1e-5)
+    assert torch.get_num_threads() == 2  # and the backend put the caller's thread count back

@@ -334,3 +334,17 @@ def test_cli_commands_train_then_evaluate_a_student(gt_run, thin_seq, tmp_path):
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["miou"] == summary["miou"] and 0 <= saved["miou"] <= 1 and saved["frames"] == 2
     assert saved["tta_rotations"] == 1 and set(saved["iou"]) == set(PseudoLabelDataset([gt_run]).class_names)
+
+
+def test_sphere_crop_keeps_the_nearest_points_to_a_scan_point():
+    from partlift_ros.student.data import sphere_crop
+
+    sample = random_sample(1000)
+    out = sphere_crop(sample, 100, np.random.default_rng(4))
+    assert len(out["coord"]) == 100
+    kept = np.zeros(1000, bool)
+    kept[out["point_index"]] = True
+    # Some centre among the scan's points has every kept point closer than every dropped one.
+    d = np.linalg.norm(sample["coord"][:, None] - sample["coord"][None], axis=2)
+    assert any(d[c, kept].max() <= d[c, ~kept].min() for c in np.flatnonzero(kept))
+    assert sphere_crop(sample, 5000, np.random.default_rng(4)) is sample

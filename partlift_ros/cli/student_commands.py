@@ -20,7 +20,7 @@ def train(
     lr: float = typer.Option(2e-3, "--lr"),
     voxel_size: float = typer.Option(0.05, "--voxel-size", help="Metres."),
     width: int = typer.Option(32, "--width", help="SPVCNN base channels."),
-    max_points: int = typer.Option(0, "--max-points", help="Cap on voxels per scan per step (0 = all)."),
+    max_points: int = typer.Option(0, "--max-points", help="Sphere-crop scans to this many voxels per step (0 = whole scans)."),
     use_2d: bool = typer.Option(True, "--2d/--no-2d", help="Training-only 2D branch (camera images)."),
     confidence: bool = typer.Option(True, "--confidence/--no-confidence", help="Weight points by pseudo-label confidence."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoints/last.pt."),

@@ -164,6 +164,20 @@ def grid_sample(
     return out
 
 
+def sphere_crop(sample: Sample, max_points: int, rng: np.random.Generator) -> Sample:
+    """Keep the ``max_points`` points nearest to a random point of the scan (Pointcept's SphereCrop).
+
+    Unlike random thinning, a crop leaves the point density, and so what the sparse convolutions see, as at
+    inference time.
+    """
+    coord = sample["coord"]
+    if len(coord) <= max_points:
+        return sample
+    centre = coord[rng.integers(len(coord))]
+    dist2 = ((coord - centre) ** 2).sum(axis=1)
+    return subset(sample, np.sort(np.argpartition(dist2, max_points - 1)[:max_points]))
+
+
 def add_features(sample: Sample) -> Sample:
     """``feat`` = (x, y, z, intensity) from the current (augmented) coordinates."""
     return {**sample, "feat": np.concatenate([sample["coord"], sample["strength"]], axis=1).astype(np.float32)}
@@ -171,7 +185,7 @@ def add_features(sample: Sample) -> Sample:
 
 def train_transform(voxel_size: float, augment_cfg: AugmentConfig | None = AugmentConfig(),
                     max_points: int = 0) -> Callable:
-    """augment → grid_sample(random point per voxel) → at most ``max_points`` voxels (0 = all) → features.
+    """augment → grid_sample(random point per voxel) → sphere crop to ``max_points`` voxels (0 = all) → features.
 
     ``augment_cfg=None`` skips augmentation.
     """
@@ -181,9 +195,8 @@ def train_transform(voxel_size: float, augment_cfg: AugmentConfig | None = Augme
             sample = augment(sample, rng, augment_cfg)
         sample = grid_sample(sample, voxel_size, keep="random", rng=rng)
         sample.pop("inverse")  # training scores the kept points only; the map back is not needed
-        n = len(sample["coord"])
-        if 0 < max_points < n:
-            sample = subset(sample, np.sort(rng.choice(n, size=max_points, replace=False)))
+        if max_points > 0:
+            sample = sphere_crop(sample, max_points, rng)
         return add_features(sample)
 
     return apply

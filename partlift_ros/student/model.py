@@ -73,9 +73,10 @@ class PointLevels:
     def __init__(self, coord: Tensor, grid_coord: Tensor, batch_index: Tensor, voxel_size: float):
         self.batch_index = batch_index
         self.grid_coord = grid_coord.long()
-        # Continuous position in fine-voxel units. Pointcept's grid_coord is floor((coord - min) / size)
-        # with a per-scan origin we are not told; min over the scan of (coord/size - grid) recovers it
-        # (it is exact for the point that set the minimum), so frac = pos - grid lies in [0, 1).
+        # Continuous position in fine-voxel units. grid_coord is floor((coord - origin) / size) with a
+        # per-scan origin we are not told; min over the scan of (coord/size - grid) recovers it: exactly
+        # for Pointcept's origin = min(coord), and up to the smallest in-voxel offset of any point (tiny
+        # for a real scan) for floor(coord/size) - min(floor(...)). Then frac = pos - grid is in [0, 1).
         scaled = coord.double() / voxel_size
         shift = torch.zeros(int(batch_index.max()) + 1, 3, dtype=scaled.dtype, device=coord.device)
         shift = shift.scatter_reduce(0, batch_index[:, None].expand(-1, 3), scaled - self.grid_coord,
@@ -279,6 +280,8 @@ def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     offset = offset.long().reshape(-1)
     counts = torch.diff(offset, prepend=offset.new_zeros(1))
     if offset.numel() == 0 or int(offset[-1]) != n or bool((counts <= 0).any()):
-        raise InputError(f"SPVCNN batch: offset {offset.tolist()[:8]} must be increasing cumulative counts ending at N={n}")
+        raise InputError(
+            f"SPVCNN batch: offset {offset.tolist()[:8]} must be increasing cumulative counts ending at N={n}"
+        )
     batch_index = torch.repeat_interleave(torch.arange(offset.numel(), device=coord.device), counts.to(coord.device))
     return coord, feat, grid, batch_index

@@ -63,7 +63,7 @@ class TrainConfig:
     image_channels: int = 64
     augment: bool = True
     keep_ratio: float = 0.7  # random downsampling keeps this share of each scan
-    max_points: int = 0  # cap on voxels per scan after voxelisation (0 = no cap; bounds memory and time)
+    max_points: int = 0  # sphere-crop each scan to this many voxels (0 = whole scans; bounds memory and time)
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # mixed precision (CUDA only)
