@@ -57,19 +57,12 @@ class ClusteringConfig:
     min_points: int = 2  # superpoints with fewer points are invalid
     position_scale: float = 1.0  # m, supervoxel merge: unit of centroid distance in the merge cost
     ground_weight: float = 5.0  # supervoxel merge: cost of joining ground and non-ground pieces
-    merge_size_exponent: float = 0.5  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
+    merge_size_exponent: float = 0.75  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
     merge_neighbours: int = 6  # supervoxel merge: candidate pairs = k nearest piece centroids
-    plane_weight: float = 0.0
-    colour_weight: float = 0.0
-    adjacency_voxel: float = 0.0
-    gap_factor: float = 0.0
-    group_weight: float = 0.0
-    safe_cost: float = 0.0
-    fragment_points: int = 0
-    line_weight: float = 0.0
-    ground_budget: int = 0
-    ground_position_scale: float = 1.0
-    safe_plane_weight: float = 0.0
+    plane_weight: float = 30.0  # supervoxel merge: weight of the growth of squared distances to the best plane
+    line_weight: float = 10.0  # supervoxel merge: same for the best line (poles, trunks)
+    roughness_weight: float = 20.0  # supervoxel merge: scan-order roughness (foliage vs walls, fences)
+    kerb_height: float = 0.07  # m, supervoxel: ground this far above the road plane is cut apart (0 = off)
 
 
 @dataclass

@@ -104,6 +104,38 @@ def test_instance_boxes_ignores_non_finite_projections():
     assert has[0] and boxes[0].tolist() == [40, 40, 41, 41]
 
 
+def test_instance_boxes_on_a_real_kitti_frame(seq08: Path, kitti_image: np.ndarray, labeler: ClipLabeler):
+    from partlift_ros.calibration import parse_kitti_calib, project_points
+
+    points = np.fromfile(seq08 / "velodyne" / "000000.bin", dtype=np.float32).reshape(-1, 4)
+    raw = np.fromfile(seq08 / "labels" / "000000.label", dtype=np.uint32)
+    calib = parse_kitti_calib(seq08 / "calib.txt")
+    h, w = kitti_image.shape[:2]
+    proj = project_points(points, calib.K, calib.T_cam_lidar, (w, h))
+    # Ground-truth object instances (upper 16 bits) as 0..M-1, every other point -1.
+    objects = raw >> 16
+    keys, inverse = np.unique(objects[objects > 0], return_inverse=True)
+    instance = np.full(len(points), -1, np.int32)
+    instance[objects > 0] = inverse
+    m = len(keys)
+    assert m >= 3, "frame 0 of sequence 08 has several labelled objects"
+    boxes, has = instance_boxes(proj.uv, instance, proj.in_image, m, (w, h), min_crop=1, padding=0.0)
+    for i in range(m):  # reference, one instance at a time
+        uv = proj.uv[(instance == i) & proj.in_image]
+        assert has[i] == (len(uv) > 0)
+        if len(uv):
+            lo, hi = np.floor(uv.min(0)), np.floor(uv.max(0)) + 1
+            assert boxes[i].tolist() == [int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])]
+    padded, has_p = instance_boxes(proj.uv, instance, proj.in_image, m, (w, h))
+    assert (has_p == has).all()
+    assert (padded[has, :2] <= boxes[has, :2]).all() and (padded[has, 2:] >= boxes[has, 2:]).all()
+    assert (padded[:, [0, 2]] <= w).all() and (padded[:, [1, 3]] <= h).all() and (padded >= 0).all()
+    crops = crop_images(kitti_image, padded, has_p)
+    assert len(crops) == int(has_p.sum()) and all(min(c.shape[:2]) >= 1 for c in crops)
+    features = labeler.encode_crops(crops)
+    assert features.shape == (len(crops), labeler.embedding_dim) and np.isfinite(features).all()
+
+
 def test_crop_images_cuts_the_boxes_in_instance_order():
     image = np.arange(60 * 80 * 3, dtype=np.uint32).reshape(60, 80, 3).astype(np.uint8)
     boxes = np.array([[0, 0, 10, 20], [5, 5, 6, 6], [30, 10, 80, 60]], dtype=np.int32)
@@ -124,6 +156,16 @@ def test_torch_preprocessing_matches_clip_image_processor(labeler: ClipLabeler):
     # Equal up to a rare +-1..2 grey level from the resampler's rounding (1/255/std ~ 0.015 per level).
     assert diff.max() < 0.05
     assert diff.mean() < 1e-3
+
+
+def test_preprocessing_leaves_the_torch_thread_count_as_it_was(labeler: ClipLabeler):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        labeler.preprocess(random_crops()[:2], torch.device("cpu"), torch.float32)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_torch_preprocessing_matches_on_real_kitti_crops(labeler: ClipLabeler, kitti_image: np.ndarray):

@@ -9,10 +9,13 @@ import pytest
 
 from partlift_ros.calibration import Projection, parse_kitti_calib, project_points
 from partlift_ros.clustering import (
+    height_above_ground,
     merge_pieces,
     relabel_contiguous,
     remove_ground_ransac,
+    scan_roughness,
     segment_superpoints,
+    symmetric_eigenvalues,
     voxel_components,
 )
 from partlift_ros.config import ClusteringConfig, VisibilityConfig
@@ -112,6 +115,97 @@ def test_isolated_points_get_no_superpoint():
     points = np.vstack([points, [[50.0, 50.0, 5.0, 0.5]]]).astype(np.float32)
     sp = segment_superpoints(points, ClusteringConfig(max_superpoints=50))
     assert sp[-1] == IGNORE
+
+
+def test_symmetric_eigenvalues_match_lapack():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(200, 3, 3))
+    cov = a @ a.transpose(0, 2, 1)
+    cov[0] = np.eye(3) * 2.5  # a triple eigenvalue
+    cov[1] = np.outer([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])  # rank one: two zero eigenvalues
+    np.testing.assert_allclose(symmetric_eigenvalues(cov), np.linalg.eigvalsh(cov), atol=1e-7)
+
+
+def test_height_above_ground_refers_to_the_road_level():
+    rng = np.random.default_rng(8)
+    xy = np.c_[rng.uniform(0, 20, 4000), rng.uniform(-6, 3, 4000)]
+    sidewalk = xy[:, 1] > 0
+    # A sloped road; the sidewalk (a third of the ground) is 12 cm higher.
+    z = -1.7 + 0.02 * xy[:, 0] + 0.12 * sidewalk + rng.normal(0, 0.01, 4000)
+    height = height_above_ground(np.c_[xy, z], np.ones(4000, dtype=bool), band=0.035)
+    assert np.abs(height[~sidewalk]).max() < 0.05
+    assert np.abs(height[sidewalk] - 0.12).max() < 0.05
+
+
+def _kerb_scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Road (y < 0) and a sidewalk 12 cm higher (y > 0), same intensity, no camera."""
+    n = 6000
+    xy = np.c_[rng.uniform(2, 12, n), rng.uniform(-6, 2.5, n)]
+    sidewalk = xy[:, 1] > 0
+    z = -1.7 + 0.12 * sidewalk + rng.normal(0, 0.01, n)
+    return np.c_[xy, z, np.full(n, 0.3)].astype(np.float32), sidewalk
+
+
+def test_kerb_step_separates_road_and_sidewalk():
+    points, sidewalk = _kerb_scene(np.random.default_rng(9))
+    cfg = ClusteringConfig(max_superpoints=12)
+    sp = segment_superpoints(points, cfg)
+    assert set(np.unique(sp[sidewalk])).isdisjoint(np.unique(sp[~sidewalk]))
+    # Without the kerb cut the coarse cells along y = 0 hold both surfaces.
+    flat = segment_superpoints(points, dataclasses.replace(cfg, kerb_height=0.0))
+    assert not set(np.unique(flat[sidewalk])).isdisjoint(np.unique(flat[~sidewalk]))
+
+
+def _fence_and_bush(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A scan stored ring by ring: ground rings, then rings that cross a fence plane and a bush.
+
+    Along each ring the fence (x = 6 m, 0 < y < 2.35) is smooth and the bush (2.45 < y < 4.75)
+    scatters by +-25 cm in depth; the two touch, are equally bright and no camera sees them.
+    """
+    ground = [np.c_[np.full(100, x), np.linspace(-0.5, 5.5, 100), np.full(100, -1.7)] for x in np.arange(4.5, 7.5, 0.1)]
+    rings = []
+    for z in np.linspace(-1.5, 0.5, 14):
+        y = np.arange(0.0, 4.75, 0.03)
+        y = y[(y < 2.35) | (y > 2.45)]
+        bush = y > 2.4
+        x = 6.0 + np.where(bush, rng.uniform(-0.25, 0.25, y.shape[0]), rng.normal(0, 0.003, y.shape[0]))
+        zz = z + np.where(bush, rng.uniform(-0.05, 0.05, y.shape[0]), 0.0)
+        rings.append(np.c_[x, y, zz, bush])
+    ground = np.vstack(ground)
+    objects = np.vstack(rings)
+    xyz = np.vstack([ground, objects[:, :3]])
+    label = np.r_[np.zeros(len(ground)), np.where(objects[:, 3] > 0, 2, 1)].astype(int)  # 1 fence, 2 bush
+    return np.c_[xyz, np.full(len(xyz), 0.3)].astype(np.float32), label
+
+
+def test_scan_roughness_is_low_on_a_fence_and_high_in_a_bush():
+    points, label = _fence_and_bush(np.random.default_rng(10))
+    rough = scan_roughness(points[:, :3].astype(np.float64), np.arange(len(points)))
+    assert np.median(rough[label == 1]) < 0.1 and np.median(rough[label == 2]) > 0.3
+    # Shuffled storage order: no point has scan neighbours, the cue is neutral (one value everywhere).
+    shuffled = scan_roughness(points[np.random.default_rng(0).permutation(len(points)), :3].astype(np.float64),
+                              np.arange(len(points)))
+    assert np.ptp(shuffled) < 0.05
+
+
+def test_roughness_keeps_a_fence_apart_from_a_bush():
+    points, label = _fence_and_bush(np.random.default_rng(11))
+    cfg = ClusteringConfig(max_superpoints=4)
+    sp = segment_superpoints(points, cfg)
+    assert set(np.unique(sp[label == 1])).isdisjoint(np.unique(sp[label == 2]))
+    smooth_blind = segment_superpoints(points, dataclasses.replace(cfg, roughness_weight=0.0))
+    assert not set(np.unique(smooth_blind[label == 1])).isdisjoint(np.unique(smooth_blind[label == 2]))
+
+
+def test_merge_budget_ignores_pieces_below_min_points():
+    # Two far singletons and six 10-point pieces in two tight groups: the target of 2 is reached by
+    # merging the groups, the singletons stay (they become IGNORE later) instead of eating the budget.
+    feats = np.vstack([np.repeat([[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0], [20, 0, 0], [20.5, 0, 0], [21, 0, 0]], 10, axis=0),
+                       [[100.0, 0, 0], [-100.0, 0, 0]]])
+    piece = np.r_[np.repeat(np.arange(6), 10), 6, 7]
+    merged = merge_pieces(piece, feats, target=2, size_exponent=0.5, k=3, min_size=2)
+    assert len(np.unique(merged[:30])) == 1 and len(np.unique(merged[30:60])) == 1
+    assert len(np.unique(merged)) == 4
 
 
 def test_segment_superpoints_rejects_bad_input():
