@@ -20,16 +20,21 @@ Two methods, chosen by ``ClusteringConfig.method``:
 
          (n_a n_b / (n_a + n_b))^s * ( ||f_a - f_b||^2 + (w_p dPlane + w_l dLine) / (n_a + n_b) )
 
-     with mean features f = (xyz / position_scale, intensity * intensity_weight, ground flag *
-     ground_weight, scan roughness * roughness_weight) and dPlane / dLine the growth of the squared
-     distances of the points to their best plane / line when the two are joined (from running first
-     and second moments, exact for any merge order). Close, similar pieces go first; the size factor
-     makes large pieces expensive to grow, so small distinct objects keep their own superpoint; the
-     shape terms keep a wall or fence from joining a bush, a pole from joining its sign, a sidewalk
-     from joining the road below it. Roughness is the deviation of each point from the chord of its
-     two scan-order neighbours (a LiDAR ring is stored in order in KITTI scans): near zero on walls and
-     fences, large in foliage. Where the stored order does not follow the rings, consecutive points
-     are far apart, the cue is marked missing and gets the median value.
+     with mean features f = (xyz / position_scale, intensity * intensity_weight, ground flag and
+     raised-ground flag * ground_weight, scan roughness * roughness_weight) and dPlane / dLine the
+     growth of the squared distances of the points to their best plane / line when the two are joined
+     (from running first and second moments, exact for any merge order). Close, similar pieces go
+     first; the size factor makes large pieces expensive to grow, so small distinct objects keep their
+     own superpoint; the shape terms make it costlier for a wall to join a bush or a pole its sign,
+     the flags for the road to join a sidewalk or an object the ground. Roughness is the deviation of
+     each point from the chord of its two scan-order neighbours (a LiDAR ring is stored in order in
+     KITTI scans): near zero on walls and fences, large in foliage. Where the stored order does not
+     follow the rings, consecutive points are far apart, the cue is marked missing and gets the
+     median value.
+
+  On the 35 real SemanticKITTI frames of semantickitti-mini (``benchmarks/bench_geometry.py``) the
+  instance ceiling is 78.1 mIoU at 300 superpoints per frame, against 77.0 without the kerb cut, shape
+  terms and roughness, and 45.6 for RANSAC + DBSCAN.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def remove_ground_ransac(
     iterations: int,
     rng: np.random.Generator,
     max_tilt_deg: float = 20.0,
-    score_samples: int = 4096,
+    score_samples: int = 2048,
 ) -> np.ndarray:
     """(N,) bool mask of points within ``distance`` of the dominant near-horizontal plane.
 
@@ -70,7 +75,9 @@ def remove_ground_ransac(
     normals, anchors = normals[ok], tri[ok, 0]
     offsets = -(normals * anchors).sum(axis=1)
     sample = xyz[rng.choice(n, size=min(n, score_samples), replace=False)]
-    scores = (np.abs(sample @ normals.T + offsets) < distance).sum(axis=0)
+    # Broadcast multiply-adds: a BLAS matmul with an inner dimension of 3 is slower here.
+    dist = normals[:, 0:1] * sample[:, 0] + normals[:, 1:2] * sample[:, 1] + normals[:, 2:3] * sample[:, 2]
+    scores = np.count_nonzero(np.abs(dist + offsets[:, None]) < distance, axis=1)
     best = int(np.argmax(scores))
     inliers = np.abs(xyz @ normals[best] + offsets[best]) < distance
     # Least-squares refit z = a x + b y + c on the inliers removes the bias of the 3-point sample.
@@ -99,17 +106,19 @@ def height_above_ground(xyz: np.ndarray, ground: np.ndarray, band: float, iterat
 
 
 def scan_roughness(
-    points_xyz: np.ndarray, idx: np.ndarray, rel_gap: float = 0.03, max_gap: float = 0.1, cap: float = 0.5
+    points: np.ndarray, idx: np.ndarray, rel_gap: float = 0.03, max_gap: float = 0.1, cap: float = 0.5
 ) -> np.ndarray:
     """(len(idx),) roughness of points ``idx``: distance from the chord of their scan-order neighbours / chord.
 
-    ``points_xyz`` is the whole scan in stored order. A neighbour further than ``rel_gap * range +
-    max_gap`` does not count (a depth jump, the end of a ring, or a cloud not stored ring by ring);
-    such points get the median roughness of the valid ones, so the cue is neutral there.
+    ``points`` (N, >= 3) is the whole scan in stored order, x y z first. A neighbour further than
+    ``rel_gap * range + max_gap`` does not count (a depth jump, the end of a ring, or a cloud not
+    stored ring by ring); such points get the median roughness of the valid ones, so the cue is
+    neutral there.
     """
-    p = points_xyz[idx]
-    prev = points_xyz[np.maximum(idx - 1, 0)]
-    nxt = points_xyz[np.minimum(idx + 1, points_xyz.shape[0] - 1)]
+    def rows(i: np.ndarray) -> np.ndarray:
+        return np.asarray(points[i, :3], dtype=np.float64)
+
+    p, prev, nxt = rows(idx), rows(np.maximum(idx - 1, 0)), rows(np.minimum(idx + 1, points.shape[0] - 1))
     limit = rel_gap * np.linalg.norm(p, axis=1) + max_gap
     valid = (np.linalg.norm(p - prev, axis=1) < limit) & (np.linalg.norm(nxt - p, axis=1) < limit)
     chord = nxt - prev
@@ -210,6 +219,13 @@ def _initial_pieces(
     return piece.reshape(-1)
 
 
+def _unique_pairs(pairs: np.ndarray, num: int) -> np.ndarray:
+    """Rows (a, b) -> unique sorted rows a < b; self pairs dropped (one int64 key: faster than axis=0)."""
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    key = np.unique((lo * num + hi)[lo != hi])
+    return np.c_[key // num, key % num]
+
+
 def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
     """(E, 2) unique pairs a < b of pieces among each other's k nearest centroids."""
     from scipy.spatial import cKDTree
@@ -217,8 +233,7 @@ def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
     kk = min(k + 1, centroids.shape[0])
     _, nb = cKDTree(centroids).query(centroids, k=kk)
     pairs = np.c_[np.repeat(np.arange(centroids.shape[0]), kk - 1), nb[:, 1:].reshape(-1)]
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    return np.unique(np.sort(pairs, axis=1), axis=0)
+    return _unique_pairs(pairs, centroids.shape[0])
 
 
 def symmetric_eigenvalues(cov: np.ndarray) -> np.ndarray:
@@ -321,6 +336,10 @@ def merge_pieces(
         has = np.flatnonzero(best >= 0)
         winners = has[(best[best[has]] == has) & (has < best[has])]
         winners = winners[np.argsort(best_cost[winners], kind="stable")[:excess]]
+        if winners.size == 0:  # exact cost ties can leave no mutual pick: join the cheapest pair
+            j = int(np.argmin(cost))
+            winners = np.array([min(a[j], b[j])])
+            best[winners[0]] = max(a[j], b[j])
         new_id = np.arange(count.shape[0])
         new_id[best[winners]] = winners
         _, new_id = np.unique(new_id, return_inverse=True)
@@ -331,8 +350,7 @@ def merge_pieces(
             s2 = _sum_by(new_id, s2, m)
             plane_sse, line_sse = _shape_sse(count, s1, s2)
         merged = new_id[merged]
-        pairs = new_id[pairs]
-        pairs = np.unique(np.sort(pairs[pairs[:, 0] != pairs[:, 1]], axis=1), axis=0)
+        pairs = _unique_pairs(new_id[pairs], m)
     return merged[piece]
 
 
@@ -344,8 +362,7 @@ def supervoxel_superpoints(
     idx = np.flatnonzero(eligible)
     if idx.size == 0:
         return labels.astype(np.int32)
-    all_xyz = np.asarray(points[:, :3], dtype=np.float64)
-    xyz = all_xyz[idx]
+    xyz = np.asarray(points[idx, :3], dtype=np.float64)
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     raised = np.zeros_like(ground)
     if cfg.kerb_height > 0:
@@ -356,9 +373,10 @@ def supervoxel_superpoints(
         xyz / cfg.position_scale,
         np.asarray(points[idx, 3], dtype=np.float64) * cfg.intensity_weight,
         ground * cfg.ground_weight,
+        raised * cfg.ground_weight,  # road level vs raised ground: as different as ground vs objects
     ]
     if cfg.roughness_weight > 0:
-        columns.append(scan_roughness(all_xyz, idx) * cfg.roughness_weight)
+        columns.append(scan_roughness(points, idx) * cfg.roughness_weight)
     labels[idx] = merge_pieces(
         piece,
         np.column_stack(columns),
