@@ -56,7 +56,7 @@ def _geometry_only(out_dir: Path, pipeline, seq: Path, model: str, why: str) -> 
     from .config import SEMANTIC_KITTI_CLASSES
     from .io.kitti import KittiSequenceReader
     from .metrics import ConfusionAccumulator, instance_ceiling
-    from .render import bev_image, instance_colours, overlay_image, save_png, side_by_side
+    from .render import bev_image, class_colours, instance_colours, overlay_image, palette_for, save_png, side_by_side
     from .semantickitti import map_raw_labels
 
     reader = KittiSequenceReader(seq)
@@ -67,13 +67,20 @@ def _geometry_only(out_dir: Path, pipeline, seq: Path, model: str, why: str) -> 
         g = pipeline.geometry(frame)
         gt = map_raw_labels(reader.read_labels(index))
         fv = g.in_view
-        ceiling.add(instance_ceiling(g.instance[fv], gt[fv], len(SEMANTIC_KITTI_CLASSES)), gt[fv])
+        majority = instance_ceiling(g.instance, gt, len(SEMANTIC_KITTI_CLASSES))
+        ceiling.add(majority[fv], gt[fv])
         counts.append(g.num_instances)
-        colours = instance_colours(g.instance)
         proj = g.projections[0]
+
+        def draw(colours: np.ndarray) -> np.ndarray:
+            return overlay_image(frame.camera.image, proj.uv, proj.in_image, colours, radius=1, depth=proj.depth)
+
+        # Top: superpoints (random colours); middle: each superpoint in its majority ground-truth class
+        # colour (what a perfect labeller could reach with them); bottom: bird's-eye view of the superpoints.
+        by_instance = instance_colours(g.instance)
+        by_majority = class_colours(majority, palette_for(list(SEMANTIC_KITTI_CLASSES)))
         picture = side_by_side(
-            overlay_image(frame.camera.image, proj.uv, proj.in_image, colours, radius=2, depth=proj.depth),
-            bev_image(frame.points, colours, extent=30.0),
+            draw(by_instance), draw(by_majority), bev_image(frame.points, by_instance, width=frame.camera.size[0] // 2)
         )
         path = out_dir / f"superpoints_{index:06d}.png"
         save_png(path, picture)

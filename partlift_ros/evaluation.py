@@ -100,7 +100,8 @@ def evaluate_run(run_dir: Path, gt_sequence: Path, unseen: list[str] | None = No
         "unseen_classes": unseen,
         "accuracy": correct / covered if covered else None,
         "coverage": covered / labelled if labelled else None,
-        "ceiling_miou_front": num(ceiling.miou()),
+        # Runs without superpoints (a student's) have no ceiling.
+        "ceiling_miou_front": num(ceiling.miou()) if max(superpoints) > 0 else None,
         "superpoints_per_frame_median": float(np.median(superpoints)),
         "classes_present_front": [n for n, p in zip(names, present) if p],
         "per_class": {

@@ -51,10 +51,11 @@ def overlay_image(
     uv: np.ndarray,
     in_image_mask: np.ndarray,
     colours: np.ndarray,
-    radius: int = 2,
+    radius: int = 1,
     depth: np.ndarray | None = None,
+    alpha: float = 0.85,
 ) -> np.ndarray:
-    """Copy of ``image`` with the masked points drawn as squares of side 2·radius+1.
+    """Copy of ``image`` with the masked points drawn as squares of side 2·radius+1, blended by ``alpha``.
 
     With ``depth``, far points are drawn first so near ones stay on top.
     """
@@ -64,31 +65,46 @@ def overlay_image(
     if depth is not None:
         idx = idx[np.argsort(-np.asarray(depth)[idx], kind="stable")]
     px = np.floor(uv[idx]).astype(np.int64)
-    cols = colours[idx]
+    cols = colours[idx].astype(np.float32)
+    base = out.astype(np.float32)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             u = np.clip(px[:, 0] + dx, 0, w - 1)
             v = np.clip(px[:, 1] + dy, 0, h - 1)
-            out[v, u] = cols
+            out[v, u] = (alpha * cols + (1 - alpha) * base[v, u]).astype(np.uint8)
     return out
 
 
 def bev_image(
     xyz: np.ndarray,
     colours: np.ndarray,
-    extent: float = 40.0,
-    resolution: float = 0.1,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    width: int = 800,
+    point_size: int = 2,
 ) -> np.ndarray:
-    """Top view (x forward = up, y left = left) of the points within ±extent metres."""
-    size = int(round(2 * extent / resolution))
-    out = np.zeros((size, size, 3), dtype=np.uint8)
+    """Top view (x forward = up, y left = left), ``width`` pixels wide.
+
+    The ranges default to the extent of the points (2nd-98th percentile, at most ±50 m), so a
+    front-view crop fills the picture as well as a full scan.
+    """
     x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    keep = (np.abs(x) < extent) & (np.abs(y) < extent)
+    if x_range is None:
+        x_range = tuple(np.clip(np.percentile(x, [2, 98]), -50, 50)) if len(x) else (-1.0, 1.0)
+    if y_range is None:
+        y_range = tuple(np.clip(np.percentile(y, [2, 98]), -50, 50)) if len(y) else (-1.0, 1.0)
+    (x0, x1), (y0, y1) = x_range, y_range
+    scale = width / max(y1 - y0, 1e-3)  # pixels per metre
+    height = max(1, int(round((x1 - x0) * scale)))
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    keep = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
     # Draw low points first so tall objects (poles, signs) stay visible from above.
     order = np.flatnonzero(keep)[np.argsort(z[keep], kind="stable")]
-    row = ((extent - x[order]) / resolution).astype(np.int64).clip(0, size - 1)
-    col = ((extent - y[order]) / resolution).astype(np.int64).clip(0, size - 1)
-    out[row, col] = colours[order]
+    row = ((x1 - x[order]) * scale).astype(np.int64)
+    col = ((y1 - y[order]) * scale).astype(np.int64)
+    for d in range(point_size):
+        for e in range(point_size):
+            out[np.clip(row + d, 0, height - 1), np.clip(col + e, 0, width - 1)] = colours[order]
     return out
 
 

@@ -14,12 +14,18 @@ def demo(
     out: Path = typer.Option(Path("partlift_demo"), "--out", "-o", help="Output folder."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or local folder with weights."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu | cuda"),
+    download: bool = typer.Option(
+        False, "--download", help="Fetch the CLIP weights from the Hugging Face hub if they are not cached (needs internet)."
+    ),
 ) -> None:
     """Label two real SemanticKITTI frames shipped with the package (geometry only when no CLIP weights)."""
     from ..demo import demo_sequence, run_demo
 
     with reported_errors():
-        cfg = resolve_config(None, **{"clip.model": clip_model, "clip.device": device})
+        # Offline by default: a fresh machine without internet must not wait on hub retries.
+        cfg = resolve_config(
+            None, **{"clip.model": clip_model, "clip.device": device, "clip.local_files_only": not download}
+        )
         console.print(f"demo data: {demo_sequence()} (2 real SemanticKITTI seq 08 frames, front-view crop)")
         result = run_demo(out, cfg)
     m = result.metrics
@@ -41,6 +47,6 @@ def demo(
             f"superpoints per frame (median) {m['superpoints_per_frame_median']:.0f}; instance ceiling "
             f"(mIoU if every superpoint took its majority ground-truth class, front view) {100 * m['ceiling_miou_front']:.2f}"
         )
-        console.print("To label: partlift demo --clip-model openai/clip-vit-base-patch32 (online) or a local CLIP folder.")
+        console.print("To label: partlift demo --download (fetches openai/clip-vit-base-patch32) or --clip-model PATH.")
     for p in result.pngs:
         console.print(f"wrote {p}")

@@ -28,7 +28,7 @@ def evaluate(
 
     with reported_errors():
         if student is not None:
-            from ..student.infer import write_student_run
+            from ..student.predict_run import write_student_run
 
             write_student_run(student, gt_sequence, out, tta_rotations=tta, device=device)
         result = evaluate_run(out, gt_sequence, split_names(unseen))
