@@ -96,6 +96,21 @@ class AffinityConfig:
 
 
 @dataclass
+class SamConfig:
+    """Optional box-prompted Segment Anything masks that sharpen instances (off by default: slow on CPU)."""
+
+    enabled: bool = False
+    backend: str = "segment_anything"  # "segment_anything" (.pth checkpoint) | "transformers" (SamModel)
+    model_type: str = "vit_b"  # segment_anything registry key: vit_b | vit_l | vit_h
+    checkpoint: str = ""  # segment_anything: the .pth file; transformers: hub id or folder ("" = facebook/sam-vit-base)
+    device: str = ""  # "" = clip.device
+    box_batch_size: int = 16  # boxes decoded together (memory ~ 4 MB x this at 1024 px)
+    mask_crops: bool = True  # grey the crop outside the mask before CLIP encodes it
+    drop_outside: bool = True  # an instance's points that project outside its mask get no label
+    min_point_fraction: float = 0.25  # a mask holding less of its instance's visible points is judged failed
+
+
+@dataclass
 class PipelineConfig:
     classes: list[str] = field(default_factory=lambda: list(SEMANTIC_KITTI_CLASSES))
     # Generalized zero-shot: CLIP chooses among these only (empty = all classes).
@@ -104,6 +119,7 @@ class PipelineConfig:
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
     seed: int = 0
 
     def validate(self) -> None:
@@ -126,6 +142,10 @@ class PipelineConfig:
             raise ConfigError("clip.templates: each template must contain '{}'")
         if self.clustering.min_points < 2:
             raise ConfigError("clustering.min_points: superpoints need at least 2 points")
+        if self.sam.backend not in ("segment_anything", "transformers"):
+            raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
+        if self.sam.box_batch_size < 1 or not 0.0 <= self.sam.min_point_fraction <= 1.0:
+            raise ConfigError("sam: box_batch_size must be >= 1 and min_point_fraction in [0, 1]")
 
 
 def to_dict(cfg: Any) -> dict:

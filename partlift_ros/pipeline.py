@@ -33,6 +33,7 @@ class _Analysed:
     scores: np.ndarray  # (M_valid, C) CLIP softmax, zeros outside the candidate classes
     features: np.ndarray  # (M_valid, D)
     timings_ms: dict[str, float]
+    keep: np.ndarray | None = None  # (N,) bool, False where SAM says the point lies outside its instance
 
 
 @dataclass
@@ -60,10 +61,11 @@ class _StageClock:
 
 
 class LabelPipeline:
-    def __init__(self, cfg: PipelineConfig, labeler=None) -> None:
+    def __init__(self, cfg: PipelineConfig, labeler=None, sam=None) -> None:
         cfg.validate()
         self.cfg = cfg
         self._labeler = labeler
+        self._sam = sam  # sam_refine.BoxMasker, used only when cfg.sam.enabled
         self._pending: OrderedDict[int, _Analysed] = OrderedDict()
         self._next_key = 0
         self._make_queue()
@@ -77,6 +79,15 @@ class LabelPipeline:
 
             self._labeler = ClipLabeler.load(self.cfg.clip)
         return self._labeler
+
+    @property
+    def sam(self):
+        """The SAM box masker (``cfg.sam``), loaded on first use like the CLIP labeller."""
+        if self._sam is None:
+            from .sam_refine import BoxMasker
+
+            self._sam = BoxMasker.load(self.cfg.sam, self.cfg.clip.device, self.cfg.clip.local_files_only)
+        return self._sam
 
     @property
     def class_names(self) -> list[str]:
@@ -189,7 +200,9 @@ class LabelPipeline:
         projections, visible_per_cam, instance, visible, m = (
             g.projections, g.visible_per_camera, g.instance, g.visible, g.num_instances
         )
-        crops, valid, boxes = self._crops(frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images)
+        crops, valid, boxes, keep = self._crops(
+            frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images, clock
+        )
         clock.lap("crops")
 
         c = len(cfg.classes)
@@ -201,14 +214,19 @@ class LabelPipeline:
             features = self.labeler.encode_crops(crops)
             scores[:, cand] = self.labeler.scores(features, text)
         clock.lap("clip")
-        return _Analysed(frame, instance, visible, m, valid, boxes, scores, features, clock.times)
+        return _Analysed(frame, instance, visible, m, valid, boxes, scores, features, clock.times, keep)
 
-    def _crops(self, frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images):
-        """One crop per instance, from the camera that sees most of its points (ties: first camera)."""
+    def _crops(self, frame, projections, visible_per_cam, instance, m, instance_boxes, crop_images, clock):
+        """One crop per instance, from the camera that sees most of its points (ties: first camera).
+
+        With ``sam.enabled`` the crops are greyed outside the instances' SAM masks and ``keep`` (N,) is False
+        for points outside their instance's mask; otherwise ``keep`` is None.
+        """
         cfg = self.cfg.clip
         boxes = np.zeros((m, 4), dtype=np.int32)
+        keep = np.ones(instance.shape[0], dtype=bool) if self.cfg.sam.enabled else None
         if m == 0:
-            return [], np.zeros(0, dtype=bool), boxes
+            return [], np.zeros(0, dtype=bool), boxes, keep
         has = instance >= 0
         counts = np.stack([
             np.bincount(instance[has & v], minlength=m) for v in visible_per_cam
@@ -220,17 +238,34 @@ class LabelPipeline:
             chosen = valid & (best == ci)
             if not chosen.any():
                 continue
+            chosen_instance = np.where(np.isin(instance, np.flatnonzero(chosen)), instance, IGNORE)
             b, has_box = instance_boxes(
-                proj.uv, np.where(np.isin(instance, np.flatnonzero(chosen)), instance, IGNORE), vis, m,
-                cam.size, cfg.min_crop, cfg.crop_padding,
+                proj.uv, chosen_instance, vis, m, cam.size, cfg.min_crop, cfg.crop_padding,
             )
             boxes[chosen] = b[chosen]
             valid &= ~chosen | has_box
             ids = np.flatnonzero(chosen & has_box)
-            for i, crop in zip(ids, crop_images(cam.image, b[ids], np.ones(len(ids), dtype=bool))):
+            cam_crops = crop_images(cam.image, b[ids], np.ones(len(ids), dtype=bool))
+            if keep is not None and ids.size:
+                cam_crops = self._sam_refine(cam, proj, vis, chosen_instance, ids, b, cam_crops, keep, clock)
+            for i, crop in zip(ids, cam_crops):
                 crop_of[int(i)] = crop
         crops = [crop_of[int(i)] for i in np.flatnonzero(valid)]
-        return crops, valid, boxes
+        return crops, valid, boxes, keep
+
+    def _sam_refine(self, cam, proj, vis, chosen_instance, ids, crop_boxes, crops, keep, clock):
+        """SAM masks for one camera's instances, prompted by the tight boxes of their visible points."""
+        from .clip_labeling import instance_boxes
+        from .sam_refine import refine_camera
+
+        clock.lap("crops")
+        m = crop_boxes.shape[0]
+        tight, _ = instance_boxes(proj.uv, chosen_instance, vis, m, cam.size, min_crop=1, padding=0.0)
+        r = refine_camera(self.sam, cam.image, proj.uv, chosen_instance, vis, ids, tight[ids], crop_boxes[ids],
+                          crops, self.cfg.sam)
+        keep &= ~r.outside
+        clock.lap("sam")
+        return r.crops
 
     def _finish(self, a: _Analysed, refined: np.ndarray) -> LabelledCloud:
         t0 = time.perf_counter()
@@ -250,6 +285,8 @@ class LabelPipeline:
         confidence = np.zeros(n, dtype=np.float32)
         inst = a.instance
         take = a.visible & (inst >= 0)
+        if a.keep is not None:
+            take &= a.keep
         take[take] = a.valid[inst[take]]
         if m:
             best = full_refined.argmax(axis=1).astype(np.int32)

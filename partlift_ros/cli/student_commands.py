@@ -1,8 +1,7 @@
-"""`partlift train` and the student part of `partlift eval` (typer command functions; the app registers them)."""
+"""`partlift train` (a typer command function; the app registers it)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -80,34 +79,3 @@ def train(
     table.add_row("time", f"{summary['seconds']:.1f} s")
     table.add_row("checkpoint", summary["checkpoint"])
     console.print(table)
-
-
-def eval_student(ckpt: Path, sequence: Path, json_out: Optional[Path] = None, tta: int = 0,
-                 device: str = "cpu", max_frames: int = 0) -> dict:
-    """Score a student checkpoint on a SemanticKITTI sequence with labels; prints a table, writes JSON."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from rich.table import Table
-
-    from ..config import atomic_write_text
-    from ..student.infer import evaluate_on_sequence, load_student
-
-    with reported_errors():
-        model, class_names = load_student(ckpt, device)
-        with Progress(TextColumn("[bold]student eval"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
-            task = progress.add_task("eval", total=None)
-            summary = evaluate_on_sequence(
-                model, class_names, sequence, tta_rotations=tta, max_frames=max_frames,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-            )
-    summary.update({"checkpoint": str(ckpt), "sequence": str(sequence), "tta_rotations": tta})
-    table = Table(title=f"student {ckpt.name} on {sequence}")
-    table.add_column("class")
-    table.add_column("IoU", justify="right")
-    for name, iou in summary["iou"].items():
-        table.add_row(name, "-" if iou is None else f"{iou:.3f}")
-    table.add_row("[bold]mIoU", f"[bold]{summary['miou']:.3f}")
-    table.add_row("accuracy", f"{summary['accuracy']:.3f}")
-    console.print(table)
-    if json_out is not None:
-        atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
-    return summary

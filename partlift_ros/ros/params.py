@@ -4,10 +4,23 @@ The core defaults come from ``config.PipelineConfig`` through ``config.flatten``
 CLI and config/labeller.yaml cannot drift apart. Values read back go through
 ``config.apply_overrides``, which coerces types and validates, so a bad value is refused with the
 same message the CLI would give.
+
+Cameras. With ``cameras`` empty (the default) the node has one camera on the relative topics
+``image`` and ``camera_info`` (remapped by launch/labeller.launch.py), with the extrinsic from TF or
+the ``T_cam_lidar`` parameter. ``cameras: [front, left]`` gives a rig of named cameras instead, each
+with its own parameters, declared once ``cameras`` is known:
+
+    <name>.image_topic        default "<name>/image"
+    <name>.camera_info_topic  default "<name>/camera_info"
+    <name>.T_cam_lidar        16 floats, row-major; [] = from TF only (``lidar_frame`` still applies)
+
+The list order matters: the pipeline crops an instance from the camera that sees most of its
+visible points, and a tie goes to the camera listed first.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -32,6 +45,7 @@ class NodeSettings:
     overlay_radius: int = 1
     diagnostics_period: float = 1.0  # s
     log_throttle: float = 5.0  # s between two log lines of the same kind
+    cameras: list = field(default_factory=list)  # names of a camera rig (see the module doc); [] = one camera
 
     def validate(self) -> None:
         if not self.slop >= 0:
@@ -46,6 +60,10 @@ class NodeSettings:
             raise ConfigError(f"diagnostics_period must be > 0 s, got {self.diagnostics_period}")
         if self.overlay_radius < 0:
             raise ConfigError(f"overlay_radius must be >= 0, got {self.overlay_radius}")
+        for name in self.cameras:
+            check_camera_name(name)
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ConfigError(f"cameras: names must be unique, got {self.cameras}")
 
 
 NODE_KEYS = tuple(f.name for f in fields(NodeSettings))
@@ -75,6 +93,7 @@ def declare_all(node) -> None:
         # value is checked by apply_overrides / NodeSettings.validate instead of by the type.
         dynamic = isinstance(default, float) or (isinstance(default, list) and not default)
         node.declare_parameter(key, default, ParameterDescriptor(dynamic_typing=dynamic, description=_describe(key)))
+    declare_cameras(node, [str(v) for v in node.get_parameter("cameras").value or ()])
 
 
 def _describe(key: str) -> str:
@@ -85,7 +104,8 @@ def _describe(key: str) -> str:
 
 def build_config(values: dict[str, Any]) -> PipelineConfig:
     """PipelineConfig from dotted parameter values (core keys only); raises ConfigError."""
-    core = {k: v for k, v in values.items() if k not in NODE_KEYS}
+    names = set(values.get("cameras") or ())
+    core = {k: v for k, v in values.items() if k not in NODE_KEYS and k.split(".", 1)[0] not in names}
     if core.get("affinity.mode", "online") != "online":
         raise ConfigError("affinity.mode: the labeller node runs causally, only 'online' is allowed")
     cfg = apply_overrides(PipelineConfig(), core)
@@ -109,6 +129,8 @@ def build_settings(values: dict[str, Any]) -> NodeSettings:
                 value = int(value)
             elif isinstance(default, float):
                 value = float(value)
+            elif key == "cameras":
+                value = [str(v) for v in value]
             elif isinstance(default, list):
                 value = [float(v) for v in value]
             else:
@@ -122,6 +144,95 @@ def build_settings(values: dict[str, Any]) -> NodeSettings:
 
 
 def current_values(node) -> dict[str, Any]:
-    """Every declared core/node parameter of ``node`` -> its value."""
-    keys = list(core_defaults()) + list(NODE_KEYS)
+    """Every declared core, node and camera parameter of ``node`` -> its value."""
+    names = [str(v) for v in node.get_parameter("cameras").value or ()]
+    keys = list(core_defaults()) + list(NODE_KEYS) + list(camera_defaults(names))
     return {p.name: p.value for p in node.get_parameters(keys)}
+
+
+# ---------------------------------------------------------------------------------------------- cameras
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+CAMERA_KEYS = ("image_topic", "camera_info_topic", "T_cam_lidar")
+# Only the extrinsic may change while running; the topics are subscribed at start.
+CAMERA_RESTART_KEYS = ("image_topic", "camera_info_topic")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One camera of the node: its input topics and, optionally, its extrinsic.
+
+    ``name`` "" is the default single camera (topics ``image``/``camera_info``, global T_cam_lidar).
+    """
+
+    name: str
+    image_topic: str
+    camera_info_topic: str
+    T_cam_lidar: tuple = ()  # 16 floats row-major; () = TF only
+
+    @property
+    def label(self) -> str:
+        """How logs and /diagnostics name the camera."""
+        return self.name or "camera"
+
+    def input_key(self, what: str) -> str:
+        """Name of this camera's ``image``/``camera_info`` input in the receive counters and /diagnostics."""
+        return f"{self.name}/{what}" if self.name else what
+
+
+def check_camera_name(name: Any) -> None:
+    """A camera name is a ROS name token that does not shadow a core section or a node key."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"cameras: {name!r} is not a valid name (letters, digits, '_', starting with a letter)")
+    reserved = {k.split(".", 1)[0] for k in core_defaults()} | set(NODE_KEYS)
+    if name in reserved:
+        raise ConfigError(f"cameras: {name!r} is taken by a parameter of the same name; choose another camera name")
+
+
+def camera_defaults(names: list[str]) -> dict[str, Any]:
+    """Dotted per-camera keys -> defaults for the named cameras."""
+    out: dict[str, Any] = {}
+    for name in names:
+        out[f"{name}.image_topic"] = f"{name}/image"
+        out[f"{name}.camera_info_topic"] = f"{name}/camera_info"
+        out[f"{name}.T_cam_lidar"] = []
+    return out
+
+
+def build_cameras(values: dict[str, Any]) -> list[CameraSpec]:
+    """The node's cameras from parameter values, in the order of ``cameras``; raises ConfigError."""
+    names = [str(v) for v in values.get("cameras") or ()]
+    if not names:
+        return [CameraSpec("", "image", "camera_info")]
+    defaults = camera_defaults(names)
+    specs = []
+    for name in names:
+        check_camera_name(name)
+        topics = []
+        for what in ("image_topic", "camera_info_topic"):
+            topic = values.get(f"{name}.{what}", defaults[f"{name}.{what}"])
+            if not isinstance(topic, str) or not topic.strip():
+                raise ConfigError(f"{name}.{what}: expected a topic name, got {topic!r}")
+            topics.append(topic.strip())
+        T = values.get(f"{name}.T_cam_lidar") or []
+        try:
+            T = tuple(float(v) for v in T)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}.T_cam_lidar: cannot use {T!r} as 16 floats") from exc
+        if T and len(T) != 16:
+            raise ConfigError(f"{name}.T_cam_lidar must have 16 values (row-major 4x4), got {len(T)}")
+        specs.append(CameraSpec(name, topics[0], topics[1], T))
+    used = [t for s in specs for t in (s.image_topic, s.camera_info_topic)]
+    if len(set(used)) != len(used):
+        raise ConfigError(f"cameras: two inputs share a topic: {used}")
+    return specs
+
+
+def declare_cameras(node, names: list[str]) -> None:
+    """Declare the per-camera parameters of the named cameras (after ``cameras`` itself)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    for name in names:
+        check_camera_name(name)
+    for key, default in camera_defaults(names).items():
+        node.declare_parameter(key, default, ParameterDescriptor(
+            dynamic_typing=isinstance(default, list), description=f"camera {key.split('.')[0]}: {key.split('.')[1]}"))

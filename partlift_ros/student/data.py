@@ -352,17 +352,16 @@ class PseudoLabelDataset:
     def _reader(self, r: int) -> Callable:
         """frame number -> Frame for run ``r``'s source."""
         if r not in self._readers:
+            from ..label_job import iter_source, open_source
+
             spec = self._specs[r]
             if spec.kind == "kitti":
-                from ..io.kitti import KittiSequenceReader
-
-                reader = KittiSequenceReader(spec.path)
-                position = {index: p for p, index in enumerate(reader.frame_indices)}
-                self._readers[r] = lambda index: reader.read(position[index])
-            else:
-                from ..label_job import open_source
-
                 self._readers[r] = open_source(spec)[1]
+            else:
+                # Bags are streams: read this run's frames in one pass (frames that fail to read are left out).
+                wanted = {index for rr, index in self.items if rr == r}
+                frames = {i: f for i, f in iter_source(spec, None, lambda i: i not in wanted) if not isinstance(f, Exception)}
+                self._readers[r] = frames.__getitem__
         return self._readers[r]
 
     def _read(self, i: int) -> Sample:

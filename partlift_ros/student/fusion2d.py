@@ -112,16 +112,6 @@ class Fusion2D(nn.Module):
 
 
 def text_classifier(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The student's own head as a function of point features: project, normalise, cosine × temperature.
-
-    Mirrors the last lines of ``SPVCNN.forward`` so the fused features are scored against the same
-    class text embeddings with the same (shared, trained) projection and temperature.
-    """
-    from .model import MAX_LOGIT_SCALE
-
-    def classify(features: torch.Tensor) -> torch.Tensor:
-        embeddings = F.normalize(model.head(features), dim=1)
-        scale = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        return scale * embeddings @ model.class_embeddings.t()
-
-    return classify
+    """The student's own head as a function of point features (projection, normalisation, temperature),
+    so the fused features are scored against the same class text embeddings as the 3D ones."""
+    return lambda features: model.classify(features)[0]
