@@ -40,6 +40,8 @@ setup(
             "ros-geometry-msgs", "ros-visualization-msgs", "ros-diagnostic-msgs",
         ],
         "slic": ["scikit-image>=0.22"],
+        # SAM-refined instances (sam.backend=segment_anything); only its torch-only modules are imported.
+        "sam": ["segment-anything>=1.0"],
         "spconv": ["spconv-cu120"],
     },
     zip_safe=False,

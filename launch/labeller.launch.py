@@ -5,6 +5,9 @@
     ros2 launch partlift_ros labeller.launch.py bag:=/data/drive_0008 use_sim_time:=true
 
 The node subscribes to the relative names points, image and camera_info; this file remaps them.
+Camera rigs: set ``cameras: [front, left, ...]`` in the params file, with ``<name>.image_topic``,
+``<name>.camera_info_topic`` and optionally ``<name>.T_cam_lidar`` (see partlift_ros/ros/params.py);
+image_topic/camera_info_topic then do not apply.
 Replaying a bag publishes /clock (``--clock``): pass use_sim_time:=true with bag:=... so stamps,
 latency and TF use the bag's time.
 """

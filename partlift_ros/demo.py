@@ -73,7 +73,7 @@ def _geometry_only(out_dir: Path, pipeline, seq: Path, model: str, why: str) -> 
         proj = g.projections[0]
 
         def draw(colours: np.ndarray) -> np.ndarray:
-            return overlay_image(frame.camera.image, proj.uv, proj.in_image, colours, radius=1, depth=proj.depth)
+            return overlay_image(frame.camera.image, proj.uv, proj.in_image, colours, radius=1, depth=proj.depth, alpha=0.85)
 
         # Top: superpoints (random colours); middle: each superpoint in its majority ground-truth class
         # colour (what a perfect labeller could reach with them); bottom: bird's-eye view of the superpoints.

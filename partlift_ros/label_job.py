@@ -25,8 +25,10 @@ class SourceSpec:
     kind: str  # "kitti" | "rosbag"
     path: str
     points_topic: str | None = None
-    image_topic: str | None = None
-    camera_info_topic: str | None = None
+    # Bags with several cameras: a list of image topics (and CameraInfo topics in the same order, or None
+    # for each image topic's namespace); see io/rosbag_reader.py for how a cloud pairs with them.
+    image_topic: str | list[str] | None = None
+    camera_info_topic: str | list[str] | None = None
     slop: float = 0.05
 
     def to_dict(self) -> dict:

@@ -2,6 +2,9 @@
 
     frame ──► projection ──► superpixels ──► superpoints ──► visibility ──► CLIP crops ──► affinity ──► per-point labels
 
+With ``sam.enabled``, box-prompted SAM masks grey each crop's background before CLIP and leave the points
+that project outside their instance's mask unlabelled (stage ``sam`` in ``timings_ms``).
+
 ``process(frame)`` returns the frames whose labels are final: in online mode always the frame just given;
 in offline mode (the paper's block queue) frames come out in blocks once enough instances are queued, and
 ``flush()`` returns the rest at the end of a sequence.
@@ -263,7 +266,7 @@ class LabelPipeline:
         tight, _ = instance_boxes(proj.uv, chosen_instance, vis, m, cam.size, min_crop=1, padding=0.0)
         r = refine_camera(self.sam, cam.image, proj.uv, chosen_instance, vis, ids, tight[ids], crop_boxes[ids],
                           crops, self.cfg.sam)
-        keep &= ~r.outside
+        keep[r.outside] = False
         clock.lap("sam")
         return r.crops
 

@@ -53,7 +53,7 @@ def overlay_image(
     colours: np.ndarray,
     radius: int = 1,
     depth: np.ndarray | None = None,
-    alpha: float = 0.85,
+    alpha: float = 1.0,
 ) -> np.ndarray:
     """Copy of ``image`` with the masked points drawn as squares of side 2·radius+1, blended by ``alpha``.
 
@@ -65,13 +65,13 @@ def overlay_image(
     if depth is not None:
         idx = idx[np.argsort(-np.asarray(depth)[idx], kind="stable")]
     px = np.floor(uv[idx]).astype(np.int64)
-    cols = colours[idx].astype(np.float32)
-    base = out.astype(np.float32)
+    cols = colours[idx] if alpha >= 1 else colours[idx].astype(np.float32)
+    base = out.astype(np.float32) if alpha < 1 else None  # blending reads the original pixels
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             u = np.clip(px[:, 0] + dx, 0, w - 1)
             v = np.clip(px[:, 1] + dy, 0, h - 1)
-            out[v, u] = (alpha * cols + (1 - alpha) * base[v, u]).astype(np.uint8)
+            out[v, u] = cols if alpha >= 1 else (alpha * cols + (1 - alpha) * base[v, u]).astype(np.uint8)
     return out
 
 

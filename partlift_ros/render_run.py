@@ -33,7 +33,7 @@ def render_labels(frame, label: np.ndarray, class_names: list[str]) -> np.ndarra
     colours = class_colours(label, palette)
     cam = frame.camera
     proj = project_points(frame.points, cam.K, cam.T_cam_lidar, cam.size, cam.D)
-    overlay = overlay_image(cam.image, proj.uv, proj.in_image, colours, radius=1, depth=proj.depth)
+    overlay = overlay_image(cam.image, proj.uv, proj.in_image, colours, radius=1, depth=proj.depth, alpha=0.85)
     bev = bev_image(frame.points, colours, width=overlay.shape[1] // 2)
     present = np.bincount(label[label >= 0], minlength=len(class_names)) > 0
     return side_by_side(legend_strip(class_names, palette, present, overlay.shape[1]), overlay, bev)

@@ -219,7 +219,9 @@ class BoxMasker:
         import torch.nn.functional as F
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-            raise InputError(f"sam: image must be a non-empty (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+            raise InputError(
+                f"sam: image must be a non-empty (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}"
+            )
         h, w = image.shape[:2]
         in_h, in_w = self.input_hw(h, w)
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]

@@ -51,7 +51,8 @@ def tiny_transformers_sam(seed: int = 0):
     torch.manual_seed(seed)
     config = HfSamConfig(
         vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1], mlp_dim=64),
+                           image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1], mlp_dim=64,
+                           num_pos_feats=16),
         prompt_encoder_config=dict(hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4),
         mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, num_hidden_layers=1,
                                  iou_head_hidden_dim=32),
@@ -211,9 +212,8 @@ def test_points_in_masks_uses_the_pixel_under_each_point_and_rejects_off_image_p
 class RecordingMasker(BoxMasker):
     """The real tiny-SAM masker, keeping every (boxes, masks) it returned."""
 
-    def __init__(self, model):
-        other = BoxMasker.from_segment_anything(model)
-        self.__dict__.update(other.__dict__)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.calls = []
 
     def masks(self, image, boxes):
@@ -244,7 +244,7 @@ def test_pipeline_with_sam_labels_no_point_outside_its_instance_mask(labeler, fr
 
     base = {"affinity.enabled": False}
     (plain,) = LabelPipeline(apply_overrides(PipelineConfig(), base), labeler=labeler).process(frame)
-    masker = RecordingMasker(sam_model)
+    masker = RecordingMasker.from_segment_anything(sam_model)
     cfg = apply_overrides(PipelineConfig(), {**base, "sam.enabled": "true", "sam.min_point_fraction": 0.0})
     (out,) = LabelPipeline(cfg, labeler=labeler, sam=masker).process(frame)
 

@@ -27,8 +27,14 @@ def label(
     affinity: Optional[str] = typer.Option(None, "--affinity", help="offline | online | off"),
     write_bag: Optional[Path] = typer.Option(None, "--write-bag", help="Also write the labelled clouds to this MCAP bag."),
     points_topic: Optional[str] = typer.Option(None, "--points-topic", help="Bag sources: PointCloud2 topic."),
-    image_topic: Optional[str] = typer.Option(None, "--image-topic", help="Bag sources: Image/CompressedImage topic."),
-    camera_info_topic: Optional[str] = typer.Option(None, "--camera-info-topic", help="Bag sources: CameraInfo topic."),
+    image_topic: Optional[list[str]] = typer.Option(
+        None, "--image-topic",
+        help="Bag sources: Image/CompressedImage topic; repeat it or give a comma list for several cameras.",
+    ),
+    camera_info_topic: Optional[list[str]] = typer.Option(
+        None, "--camera-info-topic",
+        help="Bag sources: CameraInfo topic, one per --image-topic in the same order (default: the image's namespace).",
+    ),
 ) -> None:
     """Label a sequence or a bag: per-point classes, confidences and superpoints in OUT."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -51,7 +57,8 @@ def label(
             overrides["clustering.method"] = "dbscan"
         cfg = resolve_config(config, **overrides)
         spec = detect_source(
-            source, points_topic=points_topic, image_topic=image_topic, camera_info_topic=camera_info_topic
+            source, points_topic=points_topic, image_topic=_topics(image_topic),
+            camera_info_topic=_topics(camera_info_topic),
         )
         pipeline = LabelPipeline(cfg)
         with Progress(
@@ -85,6 +92,14 @@ def label(
         console.print(f"[red]frame {index} skipped:[/] {why}")
     if summary.frames_failed:
         raise typer.Exit(1)
+
+
+def _topics(values: list[str] | None) -> str | list[str] | None:
+    """Repeated and comma-separated topic options -> None, one topic, or a list (several cameras)."""
+    topics = [t for v in values or () for t in split_names(v) or ()]
+    if not topics:
+        return None
+    return topics[0] if len(topics) == 1 else topics
 
 
 def kitti2bag(
