@@ -191,17 +191,19 @@ def adapt_head(
 ) -> dict:
     """Adapt the student in ``ckpt`` to ``classes`` on ``k_frames`` support frames of ``support_runs``.
 
-    ``mode="head"``: backbone frozen (eval mode, its tensors untouched), only the head and the temperature
-    train, on point features computed once. ``mode="full"``: every weight trains (BatchNorm affine weights
-    included), a forward/backward pass over the support frames per step. In both modes BatchNorm normalises
-    with the running statistics from training: a few steps on k frames cannot re-estimate them, and
-    batch statistics in the steps would disagree with the eval-mode network that is scored and saved. Both use the training loss (class-weighted,
-    confidence-weighted CE + ``alpha``·Lovász; ``alpha`` defaults to the checkpoint's), full-batch Adam
-    steps, learning rate ``lr`` (default ``DEFAULT_LR[mode]``). ``max_points`` > 0 sphere-crops each support
-    frame to that many voxels; ``eval_frames`` > 0 also scores up to that many frames of the runs that are not
-    in the support set (held out). ``support_frames`` (positions in ``PseudoLabelDataset(support_runs)``)
-    replaces the support rule, e.g. to compare rules on the same steps. ``out``: where to save the adapted checkpoint (loadable by
-    ``infer.load_student``; new class names and embeddings, and an ``adaptation`` entry with this summary).
+    ``mode="head"``: backbone frozen (its tensors untouched), only the head and the temperature train, on
+    point features computed once. ``mode="full"``: every weight trains (BatchNorm affine weights included),
+    a forward/backward pass over the support frames per step. In both modes BatchNorm normalises with the
+    running statistics from training: a few steps on k frames cannot re-estimate them, and batch statistics
+    in the steps would disagree with the eval-mode network that is scored and saved. Both use the training
+    loss (class-weighted, confidence-weighted CE + ``alpha``·Lovász; ``alpha`` defaults to the checkpoint's),
+    full-batch Adam steps, learning rate ``lr`` (default ``DEFAULT_LR[mode]``).
+
+    ``max_points`` > 0 sphere-crops each support frame to that many voxels; ``eval_frames`` > 0 also scores
+    up to that many frames of the runs that are not in the support set (held out). ``support_frames``
+    (positions in ``PseudoLabelDataset(support_runs)``) replaces the support rule, e.g. to compare rules on
+    the same steps. ``out``: where to save the adapted checkpoint (loadable by ``infer.load_student``; new
+    class names and embeddings, and an ``adaptation`` entry with this summary).
 
     Returns a summary: support frames, agreement with the support pseudo-labels before and after (overall
     and class-balanced), held-out agreement, time of the adaptation proper (``adapt_seconds``: feature
