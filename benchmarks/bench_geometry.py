@@ -4,8 +4,9 @@
 
 Per frame and in total: instance-ceiling mIoU on front-view points (every superpoint takes its majority
 GT class, so this measures the geometry alone) for the supervoxel method, for the same method without
-its geometric cues (no kerb cut, no plane/line shape terms, no scan roughness, size exponent 0.5: the
-previous default) and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
+its geometric cues (no kerb cut, no plane/line shape terms, no scan roughness, no depth-jump cut or boundary
+term, size exponent 0.5: an older default), for the method without only its range-image depth-jump
+cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
 and the time of the geometry stages (projection + superpixels + ground + superpoints + visibility)
 beside sklearn DBSCAN on the full scan measured in the same run. Then superpixel method timings and
 scatter-min (torch vs numpy) timings.
@@ -59,8 +60,11 @@ def main() -> None:
     sv_cfg, vis_cfg = ClusteringConfig(), VisibilityConfig()
     base_cfg = ClusteringConfig(method="dbscan", eps=0.5, remove_ground=True)
     plain_cfg = dataclasses.replace(
-        sv_cfg, merge_size_exponent=0.5, plane_weight=0.0, line_weight=0.0, roughness_weight=0.0, kerb_height=0.0
+        sv_cfg, merge_size_exponent=0.5, plane_weight=0.0, line_weight=0.0, roughness_weight=0.0, kerb_height=0.0,
+        boundary_weight=0.0, jump_cut=0.0,
     )
+    no_boundary_cfg = dataclasses.replace(sv_cfg, boundary_weight=0.0, jump_cut=0.0)
+    acc_no_boundary = ConfusionAccumulator(C)
     acc_sv, acc_base, acc_plain = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
     plain_counts, plain_times = [], []
     rows, sp_times, sp_counts = [], {"seeds": [], "slico": [], "slic": []}, []
@@ -99,6 +103,8 @@ def main() -> None:
         plain_times.append(ms(t5))
         acc_plain.add(instance_ceiling(plain[front], gt, C), gt)
         plain_counts.append(int(plain.max()) + 1)
+        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)])
+        acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
         n_sp = int(sp.max()) + 1
         sp_counts.append(n_sp)
         m_sv = mean_iou(confusion_matrix(pred_sv, gt, C))
@@ -132,11 +138,12 @@ def main() -> None:
     print(f"instance ceiling mIoU, front view: supervoxel {100 * acc_sv.miou():.1f} | "
           f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
           f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
+    print(f"  supervoxel without the range-image depth-jump cut and boundary term: {100 * acc_no_boundary.miou():.1f}")
     print(f"  supervoxel without kerb / shape / roughness cues (previous default): {100 * acc_plain.miou():.1f}, "
           f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "
           f"vs {med_sp:.1f} ms with the cues ({med_sp / np.median(plain_times):.2f}x)")
     print(f"superpoints per frame: median {np.median(sp_counts):.0f}, max {np.max(sp_counts)} (cap {sv_cfg.max_superpoints})")
-    for label, acc in (("supervoxel", acc_sv), ("no cues", acc_plain), ("baseline", acc_base)):
+    for label, acc in (("supervoxel", acc_sv), ("no boundary", acc_no_boundary), ("no cues", acc_plain), ("baseline", acc_base)):
         iou = acc.iou()
         print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou) if not np.isnan(v)))
     print("geometry stages ms, median (best-of-run as a quiet-machine estimate):")

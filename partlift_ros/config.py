@@ -63,6 +63,8 @@ class ClusteringConfig:
     line_weight: float = 10.0  # supervoxel merge: same for the best line (poles, trunks)
     roughness_weight: float = 20.0  # supervoxel merge: scan-order roughness (foliage vs walls, fences)
     kerb_height: float = 0.07  # m, supervoxel: ground this far above the road plane is cut apart (0 = off)
+    boundary_weight: float = 10.0  # supervoxel merge: weight of the depth jump where two pieces meet in the scan (0 = off)
+    jump_cut: float = 0.8  # supervoxel: initial pieces never span scan neighbours with a depth-jump weight >= this (0 = off)
 
 
 @dataclass

@@ -9,6 +9,9 @@ import pytest
 
 from partlift_ros.calibration import Projection, parse_kitti_calib, project_points
 from partlift_ros.clustering import (
+    depth_jump,
+    scan_neighbours,
+    smooth_parts,
     height_above_ground,
     merge_pieces,
     relabel_contiguous,
@@ -190,7 +193,9 @@ def test_scan_roughness_is_low_on_a_fence_and_high_in_a_bush():
 
 def test_roughness_keeps_a_fence_apart_from_a_bush():
     points, label = _fence_and_bush(np.random.default_rng(11))
-    cfg = ClusteringConfig(max_superpoints=4)
+    # The scene's "rings" run along y, not round the sensor, so the range-image cues are switched off
+    # to test roughness alone.
+    cfg = ClusteringConfig(max_superpoints=4, jump_cut=0.0, boundary_weight=0.0)
     sp = segment_superpoints(points, cfg)
     assert set(np.unique(sp[label == 1])).isdisjoint(np.unique(sp[label == 2]))
     smooth_blind = segment_superpoints(points, dataclasses.replace(cfg, roughness_weight=0.0))
@@ -323,3 +328,117 @@ def test_merge_pieces_terminates_on_exact_ties():
     feats = np.eye(3)
     merged = merge_pieces(np.arange(3), feats, target=1, size_exponent=0.5, k=2)
     assert len(np.unique(merged)) == 1
+
+
+def _ring_scan(rings: int = 6, steps: int = 200) -> np.ndarray:
+    """A scan stored ring by ring like KITTI: each ring sweeps the azimuth from -pi to pi on a wall at
+    10 m in front (|azimuth| < 0.3 rad) and at 30 m elsewhere; (rings * steps, 4)."""
+    azimuth = np.tile(np.linspace(-np.pi + 1e-3, np.pi - 1e-3, steps), rings)
+    elevation = np.repeat(np.deg2rad(np.linspace(2.0, -8.0, rings)), steps)
+    rng = np.where(np.abs(azimuth) < 0.3, 10.0, 30.0)
+    x, y = rng * np.cos(elevation) * np.cos(azimuth), rng * np.cos(elevation) * np.sin(azimuth)
+    return np.c_[x, y, rng * np.sin(elevation), np.zeros_like(x)]
+
+
+def test_scan_neighbours_follow_rings_and_azimuth():
+    rings, steps = 6, 200
+    points = _ring_scan(rings, steps)
+    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    ring, column = np.divmod(pairs, steps)
+    along = ring[:, 0] == ring[:, 1]
+    # Left/right: the next point of the same ring; up/down: the same azimuth in the next ring.
+    assert (np.abs(column[along, 0] - column[along, 1]) == 1).all()
+    assert (np.abs(ring[~along, 0] - ring[~along, 1]) == 1).all() and (column[~along, 0] == column[~along, 1]).all()
+    assert along.sum() == rings * (steps - 1) and (~along).sum() == (rings - 1) * steps
+    # A subset (the front view) keeps its own positions and loses links to points outside it.
+    front = np.flatnonzero(np.abs(np.arctan2(points[:, 1], points[:, 0])) < 0.5)
+    sub = scan_neighbours(points, front, max_azimuth_step=0.05)
+    assert sub.max() < front.size
+    assert (np.linalg.norm(points[front[sub[:, 0]], :3] - points[front[sub[:, 1]], :3], axis=1) < 25).all()
+
+
+def test_depth_jump_is_high_between_surfaces_and_low_on_one():
+    points = _ring_scan()
+    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    rng = np.linalg.norm(points[:, :3], axis=1)
+    weight = depth_jump(points[:, :3], pairs)
+    jump = np.abs(rng[pairs[:, 0]] - rng[pairs[:, 1]]) > 5
+    assert jump.sum() > 0
+    assert (weight[jump] > 0.9).all() and (weight[~jump] < 0.1).all()
+
+
+def test_merge_follows_the_boundary_where_features_tie():
+    # Piece 1 is exactly as far (in features) from piece 0 as from piece 2, but meets piece 0 over a
+    # smooth boundary and piece 2 across a depth jump: with the boundary term it joins piece 0.
+    feats = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]])
+    piece = np.arange(3)
+    edges = np.array([[0, 1], [1, 2]])
+    smooth_then_jump = (edges, np.array([0.0, 1.0]))
+    merged = merge_pieces(piece, feats, 2, 0.5, 2, boundary=smooth_then_jump, boundary_weight=3.0)
+    assert merged[0] == merged[1] != merged[2]
+    jump_then_smooth = (edges, np.array([1.0, 0.0]))
+    merged = merge_pieces(piece, feats, 2, 0.5, 2, boundary=jump_then_smooth, boundary_weight=3.0)
+    assert merged[1] == merged[2] != merged[0]
+
+
+def test_real_scan_neighbours_are_close_and_mostly_same_class(seq08):
+    points, labels, _, proj = _real_frame(seq08)
+    idx = np.flatnonzero(proj.in_image)
+    pairs = scan_neighbours(points, idx)
+    # Most front points have about four neighbours (left, right, up, down): the rings were recovered.
+    degree = np.bincount(pairs.ravel(), minlength=idx.size)
+    assert np.median(degree) == 4
+    gap = np.linalg.norm(points[idx[pairs[:, 0]], :3] - points[idx[pairs[:, 1]], :3], axis=1)
+    assert np.median(gap) < 0.3
+    lab = labels[idx]
+    same = lab[pairs[:, 0]] == lab[pairs[:, 1]]
+    weight = depth_jump(points[idx, :3].astype(np.float64), pairs)
+    # Depth jumps mark class changes: pairs across a jump change class far more often.
+    assert same.mean() > 0.85
+    assert (~same[weight > 0.5]).mean() > 3 * (~same[weight < 0.1]).mean()
+
+
+def test_smooth_parts_split_only_at_depth_jumps():
+    # The synthetic scan has a wall at 10 m in front and a backdrop at 30 m: cutting strong jumps
+    # gives exactly the surfaces.
+    points = _ring_scan()
+    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    parts = smooth_parts(len(points), pairs, depth_jump(points[:, :3], pairs), threshold=0.8)
+    near = np.linalg.norm(points[:, :3], axis=1) < 20
+    left = points[:, 1] > 0
+    assert len(np.unique(parts)) == 3  # the wall and the backdrop left and right of it (rings end at +-pi)
+    for surface in (near, ~near & left, ~near & ~left):
+        assert len(np.unique(parts[surface])) == 1
+    # A cloud not stored ring by ring has no range image, so no (meaningless) pairs.
+    shuffled = points[np.random.default_rng(0).permutation(len(points))]
+    assert scan_neighbours(shuffled, np.arange(len(points)), max_azimuth_step=0.05).shape == (0, 2)
+    # Without cuts every point is linked to every other through the scan.
+    assert len(np.unique(smooth_parts(len(points), pairs, np.zeros(len(pairs)), threshold=0.8))) == 1
+
+
+def test_depth_jump_cut_separates_touching_objects_in_a_scan():
+    # A board (0.6 m x 1.1 m) hanging 0.5 m in front of a wall, in a ring-ordered scan: voxel
+    # contact alone joins them (the box face at 7.5 m and the wall at 8 m lie in neighbouring 0.3 m voxels); the
+    # range-image depth jump keeps them apart.
+    rings, steps = 32, 2000
+    azimuth = np.tile(np.linspace(-np.pi + 1e-4, np.pi - 1e-4, steps), rings)
+    elevation = np.repeat(np.deg2rad(np.linspace(5.0, -20.0, rings)), steps)
+    direction = np.c_[np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
+    ground_t = np.where(direction[:, 2] < -1e-3, -1.7 / np.minimum(direction[:, 2], -1e-3), np.inf)
+    wall_t = np.where(direction[:, 0] > 1e-3, 8.0 / np.maximum(direction[:, 0], 1e-3), np.inf)
+    box_t = np.where(direction[:, 0] > 1e-3, 7.5 / np.maximum(direction[:, 0], 1e-3), np.inf)
+    hit_box = box_t[:, None] * direction
+    box_t = np.where((np.abs(hit_box[:, 1]) < 0.3) & (hit_box[:, 2] < 0.1) & (hit_box[:, 2] > -1.0), box_t, np.inf)
+    t = np.minimum(np.minimum(ground_t, wall_t), box_t)
+    keep = np.isfinite(t) & (t < 40)
+    xyz = (t[:, None] * direction)[keep]
+    kind = np.select([box_t[keep] == t[keep], wall_t[keep] == t[keep]], [2, 1], 0)  # 0 ground 1 wall 2 box
+    points = np.c_[xyz, np.zeros(len(xyz))]
+    eligible = (np.abs(np.arctan2(xyz[:, 1], xyz[:, 0])) < 0.6) & (xyz[:, 0] > 0)
+    cfg = ClusteringConfig(max_superpoints=3, kerb_height=0.0)
+    sp = segment_superpoints(points, cfg, eligible)
+    box, wall = eligible & (kind == 2), eligible & (kind == 1)
+    assert box.sum() > 50 and wall.sum() > 50
+    assert np.bincount(sp[box]).argmax() != np.bincount(sp[wall]).argmax()
+    no_cut = segment_superpoints(points, dataclasses.replace(cfg, jump_cut=0.0, boundary_weight=0.0), eligible)
+    assert np.bincount(no_cut[box]).argmax() == np.bincount(no_cut[wall]).argmax()

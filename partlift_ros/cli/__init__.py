@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import demo, evaluate, label, render, student_commands
+from . import adapt_command, demo, evaluate, label, render, student_commands
 
 app = typer.Typer(
     add_completion=False,
@@ -17,6 +17,7 @@ app.command("render")(render.render)
 app.command("demo")(demo.demo)
 app.command("kitti2bag")(label.kitti2bag)
 app.command("train")(student_commands.train)
+app.command("adapt")(adapt_command.adapt)
 
 
 def main() -> None:
