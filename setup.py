@@ -42,7 +42,10 @@ setup(
         "slic": ["scikit-image>=0.22"],
         # SAM-refined instances (sam.backend=segment_anything); only its torch-only modules are imported.
         "sam": ["segment-anything>=1.0"],
+        # spconv for the CUDA backend of the student (pick the wheel of your CUDA); the CPU wheel is
+        # only used by the tests that check it against the torch-native sparse convolution.
         "spconv": ["spconv-cu120"],
+        "spconv-cpu": ["spconv==2.3.8"],
     },
     zip_safe=False,
     maintainer="partlift_ros developers",

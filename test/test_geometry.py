@@ -417,16 +417,16 @@ def test_smooth_parts_split_only_at_depth_jumps():
 
 
 def test_depth_jump_cut_separates_touching_objects_in_a_scan():
-    # A board (0.6 m x 1.1 m) hanging 0.5 m in front of a wall, in a ring-ordered scan: voxel
-    # contact alone joins them (the box face at 7.5 m and the wall at 8 m lie in neighbouring 0.3 m voxels); the
-    # range-image depth jump keeps them apart.
-    rings, steps = 32, 2000
+    # A board (0.6 m x 1.1 m) hanging 1 m in front of a wall, in a 64-ring scan, no camera: with the
+    # depth-jump cut and boundary term the board keeps a superpoint of its own; without them the
+    # centroid merge joins it to a piece of the wall behind it.
+    rings, steps = 64, 2000
     azimuth = np.tile(np.linspace(-np.pi + 1e-4, np.pi - 1e-4, steps), rings)
     elevation = np.repeat(np.deg2rad(np.linspace(5.0, -20.0, rings)), steps)
     direction = np.c_[np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)]
     ground_t = np.where(direction[:, 2] < -1e-3, -1.7 / np.minimum(direction[:, 2], -1e-3), np.inf)
     wall_t = np.where(direction[:, 0] > 1e-3, 8.0 / np.maximum(direction[:, 0], 1e-3), np.inf)
-    box_t = np.where(direction[:, 0] > 1e-3, 7.5 / np.maximum(direction[:, 0], 1e-3), np.inf)
+    box_t = np.where(direction[:, 0] > 1e-3, 7.0 / np.maximum(direction[:, 0], 1e-3), np.inf)
     hit_box = box_t[:, None] * direction
     box_t = np.where((np.abs(hit_box[:, 1]) < 0.3) & (hit_box[:, 2] < 0.1) & (hit_box[:, 2] > -1.0), box_t, np.inf)
     t = np.minimum(np.minimum(ground_t, wall_t), box_t)
@@ -435,10 +435,11 @@ def test_depth_jump_cut_separates_touching_objects_in_a_scan():
     kind = np.select([box_t[keep] == t[keep], wall_t[keep] == t[keep]], [2, 1], 0)  # 0 ground 1 wall 2 box
     points = np.c_[xyz, np.zeros(len(xyz))]
     eligible = (np.abs(np.arctan2(xyz[:, 1], xyz[:, 0])) < 0.6) & (xyz[:, 0] > 0)
-    cfg = ClusteringConfig(max_superpoints=3, kerb_height=0.0)
-    sp = segment_superpoints(points, cfg, eligible)
+    cfg = ClusteringConfig(max_superpoints=12, kerb_height=0.0)
     box, wall = eligible & (kind == 2), eligible & (kind == 1)
-    assert box.sum() > 50 and wall.sum() > 50
-    assert np.bincount(sp[box]).argmax() != np.bincount(sp[wall]).argmax()
-    no_cut = segment_superpoints(points, dataclasses.replace(cfg, jump_cut=0.0, boundary_weight=0.0), eligible)
-    assert np.bincount(no_cut[box]).argmax() == np.bincount(no_cut[wall]).argmax()
+    assert box.sum() > 100 and wall.sum() > 1000
+    sp = segment_superpoints(points, cfg, eligible)
+    board = np.bincount(sp[box]).argmax()
+    assert (sp[box] == board).all() and not (sp[wall] == board).any()
+    no_cues = segment_superpoints(points, dataclasses.replace(cfg, jump_cut=0.0, boundary_weight=0.0), eligible)
+    assert (no_cues[wall] == np.bincount(no_cues[box]).argmax()).sum() > 100

@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -696,24 +695,6 @@ def conv_type(name: str):
 
 def main(args: list[str] | None = None) -> int:
     """Console entry ``labeller`` (``ros2 run partlift_ros labeller``)."""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from .spin import run_node
 
-    rclpy.init(args=args)
-    try:
-        node = LabellerNode()
-    except (ConfigError, InputError) as exc:
-        from rclpy.logging import get_logger
-
-        get_logger("labeller").fatal(f"bad parameters: {exc}")
-        rclpy.try_shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(LabellerNode, "labeller", (ConfigError, InputError), threads=3, args=args)

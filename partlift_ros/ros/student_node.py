@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -227,24 +226,6 @@ class StudentNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console entry ``student`` (``ros2 run partlift_ros student --ros-args -p checkpoint:=student.pt``)."""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from .spin import run_node
 
-    rclpy.init(args=args)
-    try:
-        node = StudentNode()
-    except InputError as exc:
-        from rclpy.logging import get_logger
-
-        get_logger("student").fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 2
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(StudentNode, "student", (InputError,), threads=2, args=args)
