@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import os
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from conftest import tiny_clip_config
 from partlift_ros.config import PipelineConfig, apply_overrides
 from partlift_ros.types import IGNORE, CameraView, Frame, InputError
+from ros_helpers import spinning_context, wait_until
 
 SPLIT, LEFT_END = 426, 800  # right camera starts at column SPLIT, left camera ends at LEFT_END
 FAST = {"visibility.num_superpixels": 300, "clustering.max_superpoints": 60}
@@ -249,29 +249,11 @@ def test_label_source_and_cli_take_several_image_topics(rig, tmp_path):
 # ---------------------------------------------------------------------------------------------- node
 @pytest.fixture(scope="module")
 def ros_context():
-    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("rclpy")
     for module in ("sensor_msgs.msg", "diagnostic_msgs.msg"):
         pytest.importorskip(module)
-    from rclpy.executors import MultiThreadedExecutor
-
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=1 + (os.getpid() + 101) % 200)
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield ctx, executor
-    executor.shutdown(timeout_sec=5)
-    rclpy.shutdown(context=ctx)
-    thread.join(timeout=5)
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    with spinning_context(1 + (os.getpid() + 151) % 200) as ctx_and_executor:
+        yield ctx_and_executor
 
 
 def test_node_labels_with_two_camera_topic_pairs(ros_context, labeler, rig):

@@ -19,7 +19,6 @@ pytest.importorskip("sensor_msgs.msg")
 pytest.importorskip("visualization_msgs.msg")
 pytest.importorskip("diagnostic_msgs.msg")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
@@ -29,6 +28,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from conftest import tiny_clip_config  # noqa: E402
+from ros_helpers import spinning_context, wait_until  # noqa: E402
 from partlift_ros.calibration import parse_kitti_calib  # noqa: E402
 from partlift_ros.config import PipelineConfig  # noqa: E402
 from partlift_ros.io.pointcloud2 import LABELLED_FIELDS, decode_pointcloud2, unpack_rgb  # noqa: E402
@@ -39,15 +39,6 @@ LIDAR, CAMERA = "velodyne", "camera_color_left"
 DOMAIN_ID = 1 + os.getpid() % 200  # one DDS domain per test process: parallel runs do not cross-talk
 # Cheaper stages so ~40 frames fit the time budget; the node and its checks are unchanged.
 FAST = {"visibility.num_superpixels": 300, "clustering.max_superpoints": 40, "clip.batch_size": 64}
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -70,15 +61,8 @@ def labeler(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def ros_context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    executor = MultiThreadedExecutor(num_threads=4, context=ctx)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield ctx, executor
-    executor.shutdown(timeout_sec=5)
-    rclpy.shutdown(context=ctx)
-    thread.join(timeout=5)
+    with spinning_context(DOMAIN_ID) as ctx_and_executor:
+        yield ctx_and_executor
 
 
 class Rig:

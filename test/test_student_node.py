@@ -7,7 +7,6 @@ from __future__ import annotations
 import array
 import os
 import threading
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -17,13 +16,13 @@ import torch
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("sensor_msgs.msg")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 
+from ros_helpers import spinning_context, wait_until  # noqa: E402
 from partlift_ros.io.kitti import read_scan  # noqa: E402
 from partlift_ros.io.pointcloud2 import LABELLED_FIELDS, decode_pointcloud2  # noqa: E402
 from partlift_ros.ros import conversions as conv  # noqa: E402
@@ -34,15 +33,6 @@ from partlift_ros.types import IGNORE  # noqa: E402
 
 DOMAIN_ID = 1 + (os.getpid() + 101) % 200
 CLASSES = ["car", "road", "building", "vegetation", "terrain"]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +58,14 @@ def scan(seq08):
 
 
 @pytest.fixture(scope="module")
-def rig(checkpoint):
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
-    executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+def ros_context():
+    with spinning_context(DOMAIN_ID, threads=3) as ctx_and_executor:
+        yield ctx_and_executor
+
+
+@pytest.fixture(scope="module")
+def rig(checkpoint, ros_context):
+    ctx, executor = ros_context
     node = StudentNode(namespace="/s", context=ctx, parameter_overrides=[
         Parameter("checkpoint", value=str(checkpoint)), Parameter("max_points", value=20_000),
         Parameter("log_throttle", value=60.0),
@@ -92,8 +86,6 @@ def rig(checkpoint):
     pub = probe.create_publisher(PointCloud2, "points", qos_profile_sensor_data)
     executor.add_node(node)
     executor.add_node(probe)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
     wait_until(lambda: pub.get_subscription_count() >= 1, 10, "discovery")
     wait_until(lambda: node.count_subscribers("/s/labelled_points") >= 1, 10, "output discovery")
 
@@ -102,11 +94,9 @@ def rig(checkpoint):
             return list(got[topic])
 
     yield node, pub, outputs
-    executor.shutdown(timeout_sec=5)
-    node.destroy_node()
-    probe.destroy_node()
-    rclpy.shutdown(context=ctx)
-    thread.join(timeout=5)
+    for n in (node, probe):
+        executor.remove_node(n)
+        n.destroy_node()
 
 
 def cloud_msg(points: np.ndarray, stamp: float, frame_id: str = "velodyne") -> PointCloud2:
