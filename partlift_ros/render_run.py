@@ -41,13 +41,16 @@ def render_labels(frame, label: np.ndarray, class_names: list[str]) -> np.ndarra
 
 def render_run_frame(run_dir: Path, source: Path, index: int, png: Path | None = None) -> Path:
     from .io.writers import read_run_classes, read_run_labels
-    from .label_job import detect_source, open_source
+    from .label_job import detect_source, iter_source
 
     run_dir = Path(run_dir)
-    indices, read = open_source(detect_source(source), None)
-    if index not in indices:
-        raise InputError(f"frame {index} is not in {source} (has {indices[0]}..{indices[-1]})" if indices else f"{source} has no frames")
-    frame = read(index)
+    # Works for sequences and bags alike: stream the source up to the wanted frame.
+    found = [f for _, f in iter_source(detect_source(source), slice(index, index + 1), lambda i: False)]
+    if not found:
+        raise InputError(f"frame {index} is not in {source}")
+    if isinstance(found[0], InputError):
+        raise found[0]
+    frame = found[0]
     label, _ = read_run_labels(run_dir, index)
     if label.shape[0] != frame.points.shape[0]:
         raise InputError(f"frame {index}: run has {label.shape[0]} labels, source scan has {frame.points.shape[0]} points")

@@ -27,6 +27,9 @@ def test_bag_path_gives_the_same_labels_as_the_sequence(tmp_path, seq08, tiny_cl
     run("label", bag, "--out", tmp_path / "from_bag", "--write-bag", tmp_path / "labelled.mcap", *common)
     run("label", seq08, "--out", tmp_path / "direct", "--frames", "0:2", *common)
 
+    run("render", tmp_path / "from_bag", bag, "--frame", "1")  # renders read bags as well as sequences
+    assert (tmp_path / "from_bag" / "render" / "000001.png").is_file()
+
     for index in (0, 1):
         bag_label, bag_sp = read_run_labels(tmp_path / "from_bag", index)
         direct_label, direct_sp = read_run_labels(tmp_path / "direct", index)
