@@ -195,9 +195,12 @@ def run_label_job(
                 continue
             emit(results)
         emit(pipeline.flush())
-    finally:
+    except BaseException:
         if bag is not None:
-            bag.close()
+            bag.abort()  # never leave a half-written bag under the real name
+        raise
+    if bag is not None:
+        bag.close()
     writer.write_timing(summary.stage_ms)
     summary.seconds = time.perf_counter() - t_start
     return summary
