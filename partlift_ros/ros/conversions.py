@@ -193,3 +193,28 @@ def diagnostic_status(name: str, level: int, message: str, values: dict[str, Any
         level=bytes([level]), name=name, message=message, hardware_id="partlift_ros",
         values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()],
     )
+
+
+def diagnostics_publisher(node):
+    """A /diagnostics publisher, or None (with one warning) where diagnostic_msgs is not installed."""
+    try:
+        from diagnostic_msgs.msg import DiagnosticArray
+    except ImportError:
+        node.get_logger().warning(
+            "diagnostic_msgs is not importable: /diagnostics is not published "
+            "(install ros-<distro>-diagnostic-msgs or pip install ros-diagnostic-msgs)"
+        )
+        return None
+    return node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+
+def publish_diagnostics(node, publisher, statuses: list) -> None:
+    """Publish ``statuses`` (DiagnosticStatus list) stamped now; no-op without a publisher."""
+    if publisher is None:
+        return
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    msg = DiagnosticArray()
+    msg.header.stamp = node.get_clock().now().to_msg()
+    msg.status = statuses
+    publisher.publish(msg)

@@ -172,7 +172,7 @@ class LabellerNode(Node):
         self._throttle = Throttle(self.settings.log_throttle)
 
         self._tf_buffer = self._make_tf()
-        self._diag_pub = self._make_diagnostics_publisher()
+        self._diag_pub = conv.diagnostics_publisher(self)
         self._pub_points = self.create_publisher(conv_type("PointCloud2"), "labelled_points", 5)
         self._pub_markers = self.create_publisher(conv_type("MarkerArray"), "instance_markers", 5)
         self._pub_overlay = [
@@ -606,27 +606,9 @@ class LabellerNode(Node):
         self._slot.wake()
 
     # ------------------------------------------------------------------ diagnostics
-    def _make_diagnostics_publisher(self):
-        try:
-            from diagnostic_msgs.msg import DiagnosticArray
-        except ImportError:
-            self.get_logger().warning(
-                "diagnostic_msgs is not importable: /diagnostics is not published "
-                "(install ros-<distro>-diagnostic-msgs or pip install ros-diagnostic-msgs)"
-            )
-            return None
-        return self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
     def _publish_diagnostics(self) -> None:
         self._pair_pending_locked()
-        if self._diag_pub is None:
-            return
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = self.diagnostic_statuses()
-        self._diag_pub.publish(msg)
+        conv.publish_diagnostics(self, self._diag_pub, self.diagnostic_statuses())
 
     def diagnostic_statuses(self) -> list:
         ok, warn = 0, 1

@@ -78,7 +78,7 @@ class StudentNode(Node):
         self._pub_points = self.create_publisher(conv_type("PointCloud2"), "labelled_points", 5)
         self._pub_proc = self.create_publisher(conv_type("Float64"), "debug/processing_time_ms", 10)
         self._pub_latency = self.create_publisher(conv_type("Float64"), "debug/pipeline_latency_ms", 10)
-        self._diag_pub = self._make_diagnostics_publisher()
+        self._diag_pub = conv.diagnostics_publisher(self)
         self.create_subscription(conv_type("PointCloud2"), "points", self._on_points, qos_profile_sensor_data,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(self._diagnostics_period, self._publish_diagnostics,
@@ -174,14 +174,6 @@ class StudentNode(Node):
             self._proc_ms.append(proc_ms)
 
     # ------------------------------------------------------------------ diagnostics
-    def _make_diagnostics_publisher(self):
-        try:
-            from diagnostic_msgs.msg import DiagnosticArray
-        except ImportError:
-            self.get_logger().warning("diagnostic_msgs is not importable: /diagnostics is not published")
-            return None
-        return self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
     def diagnostic_statuses(self) -> list:
         ok, warn = 0, 1
         me = self.get_fully_qualified_name()
@@ -208,14 +200,7 @@ class StudentNode(Node):
         ]
 
     def _publish_diagnostics(self) -> None:
-        if self._diag_pub is None:
-            return
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = self.diagnostic_statuses()
-        self._diag_pub.publish(msg)
+        conv.publish_diagnostics(self, self._diag_pub, self.diagnostic_statuses())
 
     def destroy_node(self) -> None:
         self._slot.close()
