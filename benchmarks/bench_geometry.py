@@ -10,6 +10,11 @@ cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5
 and the time of the geometry stages (projection + superpixels + ground + superpoints + visibility)
 beside sklearn DBSCAN on the full scan measured in the same run. Then superpixel method timings and
 scatter-min (torch vs numpy) timings.
+
+To tell the loss of the merge from the loss of the initial pieces it also reports two diagnostics
+that use the ground truth (never part of the method): the ceiling of the unmerged initial pieces, and
+an oracle merge of those pieces down to the same budget (neighbouring pieces joined greedily, the pair
+that loses the fewest majority-class points first).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import cv2
 import numpy as np
 
 from partlift_ros.calibration import parse_kitti_calib, project_points
-from partlift_ros.clustering import segment_superpoints
+from partlift_ros.clustering import _candidate_pairs, _sum_by, _unique_pairs, relabel_contiguous, scan_neighbours, segment_superpoints
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, VisibilityConfig
 from partlift_ros.metrics import ConfusionAccumulator, confusion_matrix, instance_ceiling, mean_iou
 from partlift_ros.semantickitti import read_label_file
@@ -42,6 +47,47 @@ def frames(root: Path, limit: int | None):
             labels = read_label_file(seq_dir / "labels" / f"{scan.stem}.label", len(points))
             image = cv2.cvtColor(cv2.imread(str(seq_dir / "image_2" / f"{scan.stem}.png")), cv2.COLOR_BGR2RGB)
             yield f"{seq_dir.name}/{scan.stem}", points, labels, image, calib
+
+
+def oracle_merge(
+    piece: np.ndarray, gt: np.ndarray, pairs: np.ndarray, xyz: np.ndarray, target: int, min_size: int
+) -> np.ndarray:
+    """GT-guided merge of pieces (ids 0..P-1, IGNORE allowed) to at most ``target`` pieces of >= ``min_size``
+    points (smaller ones do not count, as in the real merge): rounds of mutual cheapest pairs among scan
+    neighbours and nearest centroids, cost = majority-class points lost (ties: nearer centroids first)."""
+    out = np.full(piece.shape[0], -1, dtype=np.int64)
+    keep = piece >= 0
+    touching = piece[pairs].astype(np.int64)
+    touching = touching[np.all(touching >= 0, axis=1)]
+    piece, gt, xyz = piece[keep].astype(np.int64), gt[keep], xyz[keep]
+    num = int(piece.max()) + 1
+    voting = (gt >= 0) & (gt < C)
+    hist = np.bincount(piece[voting] * C + gt[voting], minlength=num * C).reshape(num, C).astype(np.float64)
+    count = np.bincount(piece, minlength=num).astype(np.float64)
+    s1 = _sum_by(piece, xyz, num)
+    pairs = _unique_pairs(np.r_[touching, _candidate_pairs(s1 / count[:, None], 6)], num)
+    merged = np.arange(num)
+    while (excess := int((count >= min_size).sum()) - target) > 0 and pairs.shape[0]:
+        a, b = pairs[:, 0], pairs[:, 1]
+        cost = hist[a].max(1) + hist[b].max(1) - (hist[a] + hist[b]).max(1)
+        cost += 1e-3 * np.linalg.norm(s1[a] / count[a, None] - s1[b] / count[b, None], axis=1)
+        src, dst, both = np.r_[a, b], np.r_[b, a], np.r_[cost, cost]
+        order = np.lexsort((both, src))
+        src, dst, both = src[order], dst[order], both[order]
+        first = np.r_[True, src[1:] != src[:-1]]
+        best, best_cost = np.full(count.shape[0], -1), np.full(count.shape[0], np.inf)
+        best[src[first]], best_cost[src[first]] = dst[first], both[first]
+        has = np.flatnonzero(best >= 0)
+        winners = has[(best[best[has]] == has) & (has < best[has])]
+        winners = winners[np.argsort(best_cost[winners], kind="stable")[:excess]]
+        new_id = np.arange(count.shape[0])
+        new_id[best[winners]] = winners
+        _, new_id = np.unique(new_id, return_inverse=True)
+        m = int(new_id.max()) + 1
+        count, hist, s1 = np.bincount(new_id, count, m), _sum_by(new_id, hist, m), _sum_by(new_id, s1, m)
+        merged, pairs = new_id[merged], _unique_pairs(new_id[pairs], m)
+    out[keep] = merged[piece]
+    return out
 
 
 def ms(t0: float) -> float:
@@ -64,7 +110,10 @@ def main() -> None:
         boundary_weight=0.0, jump_cut=0.0,
     )
     no_boundary_cfg = dataclasses.replace(sv_cfg, boundary_weight=0.0, jump_cut=0.0)
-    acc_no_boundary = ConfusionAccumulator(C)
+    acc_no_boundary, acc_pieces, acc_oracle = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
+    # No budget and no size floor: the initial pieces themselves, single points included.
+    unmerged_cfg = dataclasses.replace(sv_cfg, max_superpoints=np.iinfo(np.int32).max, min_points=1)
+    piece_counts = []
     acc_sv, acc_base, acc_plain = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
     plain_counts, plain_times = [], []
     rows, sp_times, sp_counts = [], {"seeds": [], "slico": [], "slic": []}, []
@@ -105,6 +154,13 @@ def main() -> None:
         plain_counts.append(int(plain.max()) + 1)
         no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)])
         acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
+        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)])[front]
+        piece_counts.append(int(pieces.max()) + 1)
+        acc_pieces.add(instance_ceiling(pieces, gt, C), gt)
+        xyz_front = points[front, :3].astype(np.float64)
+        oracle = oracle_merge(pieces, gt, scan_neighbours(points, np.flatnonzero(front)), xyz_front, sv_cfg.max_superpoints,
+                              sv_cfg.min_points)
+        acc_oracle.add(instance_ceiling(relabel_contiguous(oracle, sv_cfg.min_points), gt, C), gt)
         n_sp = int(sp.max()) + 1
         sp_counts.append(n_sp)
         m_sv = mean_iou(confusion_matrix(pred_sv, gt, C))
@@ -142,8 +198,12 @@ def main() -> None:
     print(f"  supervoxel without kerb / shape / roughness cues (previous default): {100 * acc_plain.miou():.1f}, "
           f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "
           f"vs {med_sp:.1f} ms with the cues ({med_sp / np.median(plain_times):.2f}x)")
+    print(f"  diagnostics with GT: unmerged initial pieces (single points kept) {100 * acc_pieces.miou():.1f} "
+          f"(median {np.median(piece_counts):.0f} pieces) | oracle merge of them to {sv_cfg.max_superpoints}: "
+          f"{100 * acc_oracle.miou():.1f} (the merge itself gives {100 * acc_sv.miou():.1f})")
     print(f"superpoints per frame: median {np.median(sp_counts):.0f}, max {np.max(sp_counts)} (cap {sv_cfg.max_superpoints})")
-    for label, acc in (("supervoxel", acc_sv), ("no boundary", acc_no_boundary), ("no cues", acc_plain), ("baseline", acc_base)):
+    for label, acc in (("supervoxel", acc_sv), ("no boundary", acc_no_boundary), ("no cues", acc_plain), ("baseline", acc_base),
+                       ("pieces", acc_pieces), ("oracle", acc_oracle)):
         iou = acc.iou()
         print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou) if not np.isnan(v)))
     print("geometry stages ms, median (best-of-run as a quiet-machine estimate):")
