@@ -52,6 +52,15 @@ def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     ])
 
 
+def transform_to_matrix(transform) -> np.ndarray:
+    """(4, 4) matrix of a geometry_msgs/Transform (rclpy or rosbags message: translation + rotation)."""
+    t, q = transform.translation, transform.rotation
+    T = np.eye(4)
+    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
+    T[:3, 3] = (t.x, t.y, t.z)
+    return T
+
+
 def matrix_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
     """(x, y, z, w) of a rotation matrix (Shepperd's method, numerically stable)."""
     m = R

@@ -65,3 +65,14 @@ def tiny_clip_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, folder / f.name)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Sparse convs are many small ops: on a shared 2-core CPU one intra-op thread is far faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

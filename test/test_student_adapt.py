@@ -17,6 +17,8 @@ from partlift_ros.types import IGNORE, InputError
 
 from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # A coarser vocabulary than the one the student was trained on; "sky" never occurs in a LiDAR scan.
 MERGED = {
     "vehicle": ["car", "bicycle", "motorcycle", "truck", "other-vehicle"],
@@ -27,12 +29,6 @@ MERGED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def write_merged_run(src, out, groups: dict, embedding_dim: int = 16, seed: int = 7):

@@ -17,6 +17,8 @@ from partlift_ros.types import IGNORE, InputError
 
 from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def random_sample(n=500, seed=0, image=None):
     rng = np.random.default_rng(seed)
@@ -158,13 +160,6 @@ def test_dataset_rejects_runs_with_different_class_lists(gt_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- training
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The sparse convs are many small ops: on a shared CPU, one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(**overrides):

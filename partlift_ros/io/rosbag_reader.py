@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import invert_se3, quaternion_to_matrix
+from ..calibration import invert_se3, transform_to_matrix
 from ..pairing import nearest_indices, nearest_within
 from ..types import CameraView, Frame, InputError
 
@@ -290,7 +290,7 @@ class RosbagReader:
                 self.camera_models[info_of[conn.topic]].append(camera_model(msg, f"{self.path}:{conn.topic}"))
             else:
                 tf_edges.extend(
-                    (_frame_name(t.header.frame_id), _frame_name(t.child_frame_id), _transform_matrix(t.transform))
+                    (_frame_name(t.header.frame_id), _frame_name(t.child_frame_id), transform_to_matrix(t.transform))
                     for t in msg.transforms
                 )
         for topic, models in zip(self.camera_info_topics, self.camera_models):
@@ -391,9 +391,3 @@ class RosbagReader:
         )
 
 
-def _transform_matrix(transform: Any) -> np.ndarray:
-    t, q = transform.translation, transform.rotation
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
-    T[:3, 3] = (t.x, t.y, t.z)
-    return T

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import quaternion_to_matrix
 from ..io.images import decode_any_image, image_msg_fields
 from ..io.pointcloud2 import encode_pointcloud2
 from ..types import InputError, LabelledCloud
@@ -116,15 +115,6 @@ def camera_info_to_intrinsics(msg: Any) -> CameraIntrinsics:
         K=K, D=D[:5] if np.any(D[:5] != 0) else None, size=(width, height),
         frame_id=str(msg.header.frame_id), stamp=stamp_to_sec(msg.header.stamp),
     )
-
-
-def transform_to_matrix(transform: Any) -> np.ndarray:
-    """geometry_msgs/Transform -> (4, 4) matrix."""
-    t, q = transform.translation, transform.rotation
-    T = np.eye(4)
-    T[:3, :3] = quaternion_to_matrix(q.x, q.y, q.z, q.w)
-    T[:3, 3] = (t.x, t.y, t.z)
-    return T
 
 
 def matrix_param(values: list[float]) -> np.ndarray | None:

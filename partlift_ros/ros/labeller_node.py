@@ -38,6 +38,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rcl_interfaces.msg import SetParametersResult
 
+from ..calibration import transform_to_matrix
 from ..config import ConfigError, PipelineConfig, flatten
 from ..io.images import RAW_ENCODINGS
 from ..io.pointcloud2 import CloudFormatError, cloud_to_points, labelled_cloud_array
@@ -483,7 +484,7 @@ class LabellerNode(Node):
                                                  timeout=Duration(seconds=self.settings.tf_timeout))
         except TransformException:
             return None
-        return conv.transform_to_matrix(t.transform)
+        return transform_to_matrix(t.transform)
 
     def _reset_time(self) -> None:
         """After a jump back in time: forget buffered inputs and the affinity context."""
