@@ -3,9 +3,10 @@
     python benchmarks/bench_geometry.py [--root ../shared/data/semantickitti-mini] [--frames N]
 
 Per frame and in total: instance-ceiling mIoU on front-view points (every superpoint takes its majority
-GT class, so this measures the geometry alone) for the supervoxel method, for the same method without
-its geometric cues (no kerb cut, no plane/line shape terms, no scan roughness, no depth-jump cut or boundary
-term, size exponent 0.5: an older default), for the method without only its range-image depth-jump
+GT class, so this measures the geometry alone) for the supervoxel method, for the previous release's
+settings (uncapped merge rounds, size exponent 0.75, one road plane, depth jump between ground points),
+for the method without its geometric cues (no kerb cut or kerb step, no plane/line shape terms, no scan
+roughness, no depth-jump cut or boundary term), for the method without only its range-image depth-jump
 cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
 and the time of the geometry stages (projection + superpixels + ground + superpoints + visibility)
 beside sklearn DBSCAN on the full scan measured in the same run. Then superpixel method timings and
@@ -106,11 +107,15 @@ def main() -> None:
     sv_cfg, vis_cfg = ClusteringConfig(), VisibilityConfig()
     base_cfg = ClusteringConfig(method="dbscan", eps=0.5, remove_ground=True)
     plain_cfg = dataclasses.replace(
-        sv_cfg, merge_size_exponent=0.5, plane_weight=0.0, line_weight=0.0, roughness_weight=0.0, kerb_height=0.0,
+        sv_cfg, plane_weight=0.0, line_weight=0.0, roughness_weight=0.0, kerb_height=0.0, kerb_step_weight=0.0,
         boundary_weight=0.0, jump_cut=0.0,
     )
     no_boundary_cfg = dataclasses.replace(sv_cfg, boundary_weight=0.0, jump_cut=0.0)
+    previous_cfg = dataclasses.replace(
+        sv_cfg, merge_round_ratio=float("inf"), merge_size_exponent=0.75, road_cell=0.0, kerb_step_weight=0.0
+    )
     acc_no_boundary, acc_pieces, acc_oracle = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
+    acc_previous = ConfusionAccumulator(C)
     # No budget and no size floor: the initial pieces themselves, single points included.
     unmerged_cfg = dataclasses.replace(sv_cfg, max_superpoints=np.iinfo(np.int32).max, min_points=1)
     piece_counts = []
@@ -154,6 +159,8 @@ def main() -> None:
         plain_counts.append(int(plain.max()) + 1)
         no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)])
         acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
+        previous = segment_superpoints(points, previous_cfg, front, [(proj, superpixels)])
+        acc_previous.add(instance_ceiling(previous[front], gt, C), gt)
         pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)])[front]
         piece_counts.append(int(pieces.max()) + 1)
         acc_pieces.add(instance_ceiling(pieces, gt, C), gt)
@@ -194,15 +201,17 @@ def main() -> None:
     print(f"instance ceiling mIoU, front view: supervoxel {100 * acc_sv.miou():.1f} | "
           f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
           f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
+    print(f"  supervoxel with the previous release's merge and road reference: {100 * acc_previous.miou():.1f}")
     print(f"  supervoxel without the range-image depth-jump cut and boundary term: {100 * acc_no_boundary.miou():.1f}")
-    print(f"  supervoxel without kerb / shape / roughness cues (previous default): {100 * acc_plain.miou():.1f}, "
+    print(f"  supervoxel without kerb / shape / roughness / boundary cues: {100 * acc_plain.miou():.1f}, "
           f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "
           f"vs {med_sp:.1f} ms with the cues ({med_sp / np.median(plain_times):.2f}x)")
     print(f"  diagnostics with GT: unmerged initial pieces (single points kept) {100 * acc_pieces.miou():.1f} "
           f"(median {np.median(piece_counts):.0f} pieces) | oracle merge of them to {sv_cfg.max_superpoints}: "
           f"{100 * acc_oracle.miou():.1f} (the merge itself gives {100 * acc_sv.miou():.1f})")
     print(f"superpoints per frame: median {np.median(sp_counts):.0f}, max {np.max(sp_counts)} (cap {sv_cfg.max_superpoints})")
-    for label, acc in (("supervoxel", acc_sv), ("no boundary", acc_no_boundary), ("no cues", acc_plain), ("baseline", acc_base),
+    for label, acc in (("supervoxel", acc_sv), ("previous", acc_previous), ("no boundary", acc_no_boundary),
+                       ("no cues", acc_plain), ("baseline", acc_base),
                        ("pieces", acc_pieces), ("oracle", acc_oracle)):
         iou = acc.iou()
         print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou) if not np.isnan(v)))

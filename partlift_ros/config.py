@@ -57,7 +57,7 @@ class ClusteringConfig:
     min_points: int = 2  # superpoints with fewer points are invalid
     position_scale: float = 1.0  # m, supervoxel merge: unit of centroid distance in the merge cost
     ground_weight: float = 5.0  # supervoxel merge: cost of joining ground and non-ground pieces
-    merge_size_exponent: float = 0.75  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
+    merge_size_exponent: float = 0.5  # merge cost x (n_a n_b / (n_a + n_b))^a: 1 = Ward, 0 = centroid linkage
     merge_neighbours: int = 6  # supervoxel merge: candidate pairs = k nearest piece centroids
     plane_weight: float = 30.0  # supervoxel merge: weight of the growth of squared distances to the best plane
     line_weight: float = 10.0  # supervoxel merge: same for the best line (poles, trunks)
@@ -65,6 +65,12 @@ class ClusteringConfig:
     kerb_height: float = 0.07  # m, supervoxel: ground this far above the road plane is cut apart (0 = off)
     boundary_weight: float = 10.0  # supervoxel merge: weight of the depth jump where two pieces meet in the scan (0 = off)
     jump_cut: float = 0.8  # supervoxel: initial pieces never span scan neighbours with a depth-jump weight >= this (0 = off)
+    merge_round_ratio: float = 3.0  # supervoxel merge: a round joins pairs costing <= this x its cheapest (inf = all)
+    max_range: float = 0.0  # m, points further away get no superpoint (0 = off; SemanticKITTI labels ~50 m)
+    road_cell: float = 2.0  # m, supervoxel: xy cell of the local road surface heights refer to (0 = one plane)
+    road_smooth: float = 1.0  # cells, supervoxel: Gaussian smoothing of the local road surface
+    kerb_step: float = 0.05  # m, supervoxel: height step between ground scan neighbours that is a full kerb
+    kerb_step_weight: float = 20.0  # supervoxel merge: weight of the kerb step where ground pieces meet (0 = off)
 
 
 @dataclass

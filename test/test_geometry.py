@@ -441,5 +441,10 @@ def test_depth_jump_cut_separates_touching_objects_in_a_scan():
     sp = segment_superpoints(points, cfg, eligible)
     board = np.bincount(sp[box]).argmax()
     assert (sp[box] == board).all() and not (sp[wall] == board).any()
-    no_cues = segment_superpoints(points, dataclasses.replace(cfg, jump_cut=0.0, boundary_weight=0.0), eligible)
+    # Control: without the cut and the boundary term (and with the older uncapped Ward-like merge,
+    # which joins the board to the wall on position alone) the board does merge into the wall.
+    no_cues_cfg = dataclasses.replace(
+        cfg, jump_cut=0.0, boundary_weight=0.0, merge_round_ratio=float("inf"), merge_size_exponent=0.75
+    )
+    no_cues = segment_superpoints(points, no_cues_cfg, eligible)
     assert (no_cues[wall] == np.bincount(no_cues[box]).argmax()).sum() > 100
