@@ -542,6 +542,10 @@ def merge_pieces(
     return merged[piece]
 
 
+# m, the kerb the road-level band is sized for when the kerb cut is off but the kerb step is on
+_TYPICAL_KERB = 0.07
+
+
 def supervoxel_superpoints(
     points: np.ndarray, cfg: ClusteringConfig, eligible: np.ndarray, views: list[tuple[Projection, np.ndarray]]
 ) -> np.ndarray:
@@ -555,7 +559,7 @@ def supervoxel_superpoints(
     raised = np.zeros_like(ground)
     height = np.zeros(idx.size)  # of ground points above the local road surface
     if cfg.kerb_height > 0 or cfg.kerb_step_weight > 0:
-        band = (cfg.kerb_height if cfg.kerb_height > 0 else 0.07) / 2
+        band = (cfg.kerb_height if cfg.kerb_height > 0 else _TYPICAL_KERB) / 2
         height = np.where(ground, local_road_height(xyz, ground, band, cfg.road_cell, cfg.road_smooth), 0.0)
     if cfg.kerb_height > 0:
         raised = ground & (height > cfg.kerb_height)
