@@ -4,8 +4,7 @@
 
 Per frame and in total: instance-ceiling mIoU on front-view points (every superpoint takes its majority
 GT class, so this measures the geometry alone) for the supervoxel method, for the previous release's
-settings (uncapped merge rounds, size exponent 0.75, one road plane, depth jump between ground points),
-for the method without its geometric cues (no kerb cut or kerb step, no plane/line shape terms, no scan
+ground cut (SEEDS superpixels instead of graph image regions on the ground), for the method without its geometric cues (no kerb cut or kerb step, no plane/line shape terms, no scan
 roughness, no depth-jump cut or boundary term), for the method without only its range-image depth-jump
 cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
 and the time of the geometry stages (projection + superpixels + ground + superpoints + visibility)
@@ -111,11 +110,10 @@ def main() -> None:
         boundary_weight=0.0, jump_cut=0.0,
     )
     no_boundary_cfg = dataclasses.replace(sv_cfg, boundary_weight=0.0, jump_cut=0.0)
-    previous_cfg = dataclasses.replace(
-        sv_cfg, merge_round_ratio=float("inf"), merge_size_exponent=0.75, road_cell=0.0, kerb_step_weight=0.0
-    )
+    # The previous release cut the ground by the SEEDS superpixels like everything else.
+    previous_cfg = dataclasses.replace(sv_cfg, ground_region_k=0.0)
     acc_no_boundary, acc_pieces, acc_oracle = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
-    acc_previous = ConfusionAccumulator(C)
+    acc_previous, previous_times = ConfusionAccumulator(C), []
     # No budget and no size floor: the initial pieces themselves, single points included.
     unmerged_cfg = dataclasses.replace(sv_cfg, max_superpoints=np.iinfo(np.int32).max, min_points=1)
     piece_counts = []
@@ -133,7 +131,7 @@ def main() -> None:
         superpixels = compute_superpixels(image, vis_cfg)
         t_spx = ms(t1)
         t2 = time.perf_counter()
-        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)])
+        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)], [image])
         t_sp = ms(t2)
         t3 = time.perf_counter()
         visible_mask(proj, superpixels, vis_cfg.depth_threshold)
@@ -153,15 +151,17 @@ def main() -> None:
         acc_sv.add(pred_sv, gt)
         acc_base.add(pred_base, gt)
         t5 = time.perf_counter()
-        plain = segment_superpoints(points, plain_cfg, front, [(proj, superpixels)])
+        plain = segment_superpoints(points, plain_cfg, front, [(proj, superpixels)], [image])
         plain_times.append(ms(t5))
         acc_plain.add(instance_ceiling(plain[front], gt, C), gt)
         plain_counts.append(int(plain.max()) + 1)
-        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)])
+        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)], [image])
         acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
-        previous = segment_superpoints(points, previous_cfg, front, [(proj, superpixels)])
+        t6 = time.perf_counter()
+        previous = segment_superpoints(points, previous_cfg, front, [(proj, superpixels)], [image])
+        previous_times.append(ms(t6))
         acc_previous.add(instance_ceiling(previous[front], gt, C), gt)
-        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)])[front]
+        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)], [image])[front]
         piece_counts.append(int(pieces.max()) + 1)
         acc_pieces.add(instance_ceiling(pieces, gt, C), gt)
         xyz_front = points[front, :3].astype(np.float64)
@@ -201,7 +201,9 @@ def main() -> None:
     print(f"instance ceiling mIoU, front view: supervoxel {100 * acc_sv.miou():.1f} | "
           f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
           f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
-    print(f"  supervoxel with the previous release's merge and road reference: {100 * acc_previous.miou():.1f}")
+    print(f"  supervoxel with the previous release's ground cut (superpixels, no graph image regions): "
+          f"{100 * acc_previous.miou():.1f}, superpoints stage median {np.median(previous_times):.1f} ms "
+          f"vs {med_sp:.1f} ms with the regions (their graph segmentation overlaps the scan cues on a second core)")
     print(f"  supervoxel without the range-image depth-jump cut and boundary term: {100 * acc_no_boundary.miou():.1f}")
     print(f"  supervoxel without kerb / shape / roughness / boundary cues: {100 * acc_plain.miou():.1f}, "
           f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "

@@ -60,10 +60,13 @@ Two methods, chosen by ``ClusteringConfig.method``:
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 
 from .calibration import Projection
 from .config import ClusteringConfig
+from .image_regions import graph_regions
 from .types import IGNORE, InputError
 
 
@@ -311,6 +314,27 @@ def _superpixel_of_points(n: int, views: list[tuple[Projection, np.ndarray]]) ->
     return out
 
 
+def _image_regions_of_points(
+    idx: np.ndarray, views: list[tuple[Projection, np.ndarray]], images: list[np.ndarray], cfg: ClusteringConfig, n: int
+) -> np.ndarray:
+    """(len(idx),) graph image region (``image_regions``) of points ``idx``, unique across cameras; -1 = unseen.
+
+    Each image is segmented from the row of its highest projected point down: rows above it hold no point.
+    """
+    region_views = []
+    for (proj, _), image in zip(views, images):
+        rows = proj.pixels[idx[proj.in_image[idx]], 1]
+        if rows.size == 0:  # no point in this camera: its ids are never read
+            region_views.append((proj, np.zeros(image.shape[:2], dtype=np.int32)))
+            continue
+        regions = graph_regions(
+            image, cfg.ground_region_scale, cfg.ground_region_sigma, cfg.ground_region_k, cfg.ground_region_min_size,
+            top_row=int(rows.min()),
+        )
+        region_views.append((proj, regions))
+    return _superpixel_of_points(n, region_views)[idx]
+
+
 def _initial_pieces(
     xyz: np.ndarray,
     ground: np.ndarray,
@@ -379,6 +403,8 @@ def _candidate_pairs(centroids: np.ndarray, k: int) -> np.ndarray:
     from scipy.spatial import cKDTree
 
     kk = min(k + 1, centroids.shape[0])
+    if kk < 2:  # one piece has no partner (and a k=1 query would return flat arrays)
+        return np.zeros((0, 2), dtype=np.int64)
     _, nb = cKDTree(centroids).query(centroids, k=kk)
     pairs = np.c_[np.repeat(np.arange(centroids.shape[0]), kk - 1), nb[:, 1:].reshape(-1)]
     return _unique_pairs(pairs, centroids.shape[0])
@@ -542,18 +568,37 @@ def merge_pieces(
     return merged[piece]
 
 
+_BACKGROUND: list[ThreadPoolExecutor] = []
+
+
+def _background() -> ThreadPoolExecutor:
+    """One worker thread, created on first use, for image work that overlaps the point cloud work."""
+    if not _BACKGROUND:
+        _BACKGROUND.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="partlift-image-regions"))
+    return _BACKGROUND[0]
+
+
 # m, the kerb the road-level band is sized for when the kerb cut is off but the kerb step is on
 _TYPICAL_KERB = 0.07
 
 
 def supervoxel_superpoints(
-    points: np.ndarray, cfg: ClusteringConfig, eligible: np.ndarray, views: list[tuple[Projection, np.ndarray]]
+    points: np.ndarray,
+    cfg: ClusteringConfig,
+    eligible: np.ndarray,
+    views: list[tuple[Projection, np.ndarray]],
+    images: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Annotation-free over-segmentation of the eligible points (see the module docstring)."""
     labels = np.full(points.shape[0], IGNORE, dtype=np.int64)
     idx = np.flatnonzero(eligible)
     if idx.size == 0:
         return labels.astype(np.int32)
+    ground_regions: Future | None = None
+    if cfg.ground_region_k > 0 and images:
+        # OpenCV releases the GIL: the graph segmentation runs on a second core while the ground and the
+        # scan cues below are computed (they cost about as much as it does).
+        ground_regions = _background().submit(_image_regions_of_points, idx, views, images, cfg, points.shape[0])
     xyz = np.asarray(points[idx, :3], dtype=np.float64)
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     raised = np.zeros_like(ground)
@@ -568,6 +613,9 @@ def supervoxel_superpoints(
     jump = depth_jump(xyz, neighbours)
     use_cut = cfg.jump_cut > 0 and neighbours.shape[0] > 0
     parts = smooth_parts(idx.size, neighbours, jump, cfg.jump_cut) if use_cut else None
+    if ground_regions is not None:
+        # Ground and non-ground points never share a piece, so the two id spaces may overlap.
+        superpixel[ground] = ground_regions.result()[ground]
     piece = _initial_pieces(xyz, ground, raised, superpixel, cfg, parts)
     columns = [
         xyz / cfg.position_scale,
@@ -606,12 +654,15 @@ def segment_superpoints(
     cfg: ClusteringConfig,
     eligible: np.ndarray | None = None,
     views: list[tuple[Projection, np.ndarray]] | None = None,
+    images: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """(N,) int32 superpoint ids 0..M-1, IGNORE for points that are not eligible or not clustered.
 
     ``eligible`` (N,) bool restricts clustering to some points (front-view points, or points without a
     seen label in the zero-shot mode). ``views`` holds, per camera, the projection of all N points and
     the image superpixel map (H, W) int32; the supervoxel method uses them as colour-boundary cues.
+    ``images`` (optional) holds the RGB image of each view: with ``ground_region_k`` > 0 the supervoxel
+    method cuts the ground by graph regions of it instead of the superpixels (see ``image_regions``).
     """
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 4:
@@ -627,10 +678,18 @@ def segment_superpoints(
             raise InputError(f"segment_superpoints: view {i} projects {proj.in_image.shape[0]} points, expected {n}")
         if np.asarray(sp_map).ndim != 2:
             raise InputError(f"segment_superpoints: view {i} superpixel map must be (H, W), got {np.shape(sp_map)}")
+    if images is not None:
+        if len(images) != len(views or []):
+            raise InputError(f"segment_superpoints: {len(images)} images for {len(views or [])} views")
+        for i, ((_, sp_map), image) in enumerate(zip(views or [], images)):
+            if np.shape(image)[:2] != np.shape(sp_map):
+                raise InputError(
+                    f"segment_superpoints: view {i} image is {np.shape(image)[:2]} but its superpixel map {np.shape(sp_map)}"
+                )
     if cfg.max_range > 0:  # beyond it the scan is too sparse to split into objects (see the module docstring)
         eligible = eligible & (np.linalg.norm(np.asarray(points[:, :3], dtype=np.float64), axis=1) < cfg.max_range)
     if cfg.method == "dbscan":
         return dbscan_superpoints(points, cfg, eligible)
     if cfg.method == "supervoxel":
-        return supervoxel_superpoints(points, cfg, eligible, views or [])
+        return supervoxel_superpoints(points, cfg, eligible, views or [], images)
     raise InputError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {cfg.method!r}")

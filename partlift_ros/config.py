@@ -71,6 +71,10 @@ class ClusteringConfig:
     road_smooth: float = 1.0  # cells, supervoxel: Gaussian smoothing of the local road surface
     kerb_step: float = 0.05  # m, supervoxel: height step between ground scan neighbours that is a full kerb
     kerb_step_weight: float = 20.0  # supervoxel merge: weight of the kerb step where ground pieces meet (0 = off)
+    ground_region_k: float = 50.0  # supervoxel: graph image regions of this scale cut the ground (0 = superpixels do)
+    ground_region_scale: float = 0.25  # supervoxel: the image is scaled by this before the graph segmentation
+    ground_region_sigma: float = 0.3  # px of the scaled image, Gaussian smoothing before the graph segmentation
+    ground_region_min_size: int = 10  # px of the scaled image, smallest graph region
 
 
 @dataclass
@@ -150,6 +154,12 @@ class PipelineConfig:
             raise ConfigError("clip.templates: each template must contain '{}'")
         if self.clustering.min_points < 2:
             raise ConfigError("clustering.min_points: superpoints need at least 2 points")
+        c = self.clustering
+        if c.ground_region_k > 0 and not (0 < c.ground_region_scale <= 1 and c.ground_region_sigma >= 0 and c.ground_region_min_size >= 1):
+            raise ConfigError(
+                "clustering.ground_region_*: need 0 < ground_region_scale <= 1, ground_region_sigma >= 0 and "
+                f"ground_region_min_size >= 1, got {c.ground_region_scale}, {c.ground_region_sigma}, {c.ground_region_min_size}"
+            )
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
         if self.sam.box_batch_size < 1 or not 0.0 <= self.sam.min_point_fraction <= 1.0:

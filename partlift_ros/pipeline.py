@@ -186,7 +186,9 @@ class LabelPipeline:
         eligible = in_view.copy() if cfg.clustering.front_view_only else np.ones(n, dtype=bool)
         if frame.seen_labels is not None:
             eligible &= np.asarray(frame.seen_labels) < 0
-        instance = segment_superpoints(points, cfg.clustering, eligible, list(zip(projections, superpixels)))
+        instance = segment_superpoints(
+            points, cfg.clustering, eligible, list(zip(projections, superpixels)), [cam.image for cam in frame.cameras]
+        )
         clock.lap("superpoints")
 
         visible_per_cam = [
