@@ -7,7 +7,7 @@ GT class, so this measures the geometry alone) for the supervoxel method, for th
 ground cut (SEEDS superpixels instead of graph image regions on the ground), for the method without its geometric cues (no kerb cut or kerb step, no plane/line shape terms, no scan
 roughness, no depth-jump cut or boundary term), for the method without only its range-image depth-jump
 cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
-and the time of the geometry stages (projection + superpixels + ground + superpoints + visibility)
+and the time of the geometry stages (projection + superpixels and ground image regions + superpoints + visibility)
 beside sklearn DBSCAN on the full scan measured in the same run. Then superpixel method timings and
 scatter-min (torch vs numpy) timings.
 
@@ -30,6 +30,7 @@ import numpy as np
 from partlift_ros.calibration import parse_kitti_calib, project_points
 from partlift_ros.clustering import _candidate_pairs, _sum_by, _unique_pairs, relabel_contiguous, scan_neighbours, segment_superpoints
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, VisibilityConfig
+from partlift_ros.image_regions import graph_regions, segment_image
 from partlift_ros.metrics import ConfusionAccumulator, confusion_matrix, instance_ceiling, mean_iou
 from partlift_ros.semantickitti import read_label_file
 from partlift_ros.visibility import compute_superpixels, superpixel_min_depth, visible_mask
@@ -103,6 +104,11 @@ def main() -> None:
     import torch
     from sklearn.cluster import DBSCAN
 
+    try:
+        from skimage.segmentation import felzenszwalb
+    except ImportError:  # optional (the "slic" extra): its timing is reported as nan
+        felzenszwalb = None
+
     sv_cfg, vis_cfg = ClusteringConfig(), VisibilityConfig()
     base_cfg = ClusteringConfig(method="dbscan", eps=0.5, remove_ground=True)
     plain_cfg = dataclasses.replace(
@@ -122,16 +128,20 @@ def main() -> None:
     rows, sp_times, sp_counts = [], {"seeds": [], "slico": [], "slic": []}, []
     stage = {k: [] for k in ("projection", "superpixels", "superpoints", "visibility", "total", "dbscan_full")}
     scatter = {"torch": [], "numpy": []}
-    print(f"{'frame':10s} {'sv mIoU':>8s} {'base mIoU':>9s} {'#sp':>5s} {'geom ms':>8s} {'DBSCAN full ms':>14s}")
-    for k, (name, points, labels, image, calib) in enumerate(frames(args.root, args.frames)):
+    region_times = {"opencv": [], "scikit-image": []}
+    data = list(frames(args.root, args.frames))
+    # Timing pass: the geometry stages as the pipeline runs them, frame after frame, with no other library work
+    # in between (OpenMP threads that sklearn's DBSCAN leaves spinning slowed the next stages by up to ~15 ms).
+    geometry = []
+    for name, points, labels, image, calib in data:
         t0 = time.perf_counter()
         proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))
         t_proj = ms(t0)
         t1 = time.perf_counter()
-        superpixels = compute_superpixels(image, vis_cfg)
+        superpixels, regions = segment_image(image, proj, vis_cfg, sv_cfg)  # SEEDS + the ground's graph regions
         t_spx = ms(t1)
         t2 = time.perf_counter()
-        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)], [image])
+        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)], [regions])
         t_sp = ms(t2)
         t3 = time.perf_counter()
         visible_mask(proj, superpixels, vis_cfg.depth_threshold)
@@ -139,10 +149,24 @@ def main() -> None:
         total = ms(t0)
         for key, val in zip(stage, (t_proj, t_spx, t_sp, t_vis, total)):
             stage[key].append(val)
+        # The previous release's geometry: SEEDS only, the ground cut by the superpixels too.
+        t6 = time.perf_counter()
+        compute_superpixels(image, vis_cfg)
+        previous = segment_superpoints(points, previous_cfg, proj.in_image, [(proj, superpixels)])
+        previous_times.append(ms(t6) + t_proj + t_vis)
+        t5 = time.perf_counter()
+        plain = segment_superpoints(points, plain_cfg, proj.in_image, [(proj, superpixels)], [regions])
+        plain_times.append(ms(t5))
+        geometry.append((proj, superpixels, regions, sp, previous, plain))
+    for name, points, *_ in data:
         t4 = time.perf_counter()
         DBSCAN(eps=0.5, min_samples=5).fit_predict(points[:, :3])
         stage["dbscan_full"].append(ms(t4))
 
+    print(f"{'frame':10s} {'sv mIoU':>8s} {'base mIoU':>9s} {'#sp':>5s} {'geom ms':>8s} {'DBSCAN full ms':>14s}")
+    for k, ((name, points, labels, image, calib), (proj, superpixels, regions, sp, previous, plain)) in enumerate(
+        zip(data, geometry)
+    ):
         front = proj.in_image
         gt = labels[front]
         pred_sv = instance_ceiling(sp[front], gt, C)
@@ -150,18 +174,12 @@ def main() -> None:
         pred_base = instance_ceiling(base[front], gt, C)
         acc_sv.add(pred_sv, gt)
         acc_base.add(pred_base, gt)
-        t5 = time.perf_counter()
-        plain = segment_superpoints(points, plain_cfg, front, [(proj, superpixels)], [image])
-        plain_times.append(ms(t5))
         acc_plain.add(instance_ceiling(plain[front], gt, C), gt)
         plain_counts.append(int(plain.max()) + 1)
-        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)], [image])
+        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)], [regions])
         acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
-        t6 = time.perf_counter()
-        previous = segment_superpoints(points, previous_cfg, front, [(proj, superpixels)], [image])
-        previous_times.append(ms(t6))
         acc_previous.add(instance_ceiling(previous[front], gt, C), gt)
-        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)], [image])[front]
+        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)], [regions])[front]
         piece_counts.append(int(pieces.max()) + 1)
         acc_pieces.add(instance_ceiling(pieces, gt, C), gt)
         xyz_front = points[front, :3].astype(np.float64)
@@ -173,7 +191,8 @@ def main() -> None:
         m_sv = mean_iou(confusion_matrix(pred_sv, gt, C))
         m_base = mean_iou(confusion_matrix(pred_base, gt, C))
         rows.append((m_sv, m_base))
-        print(f"{name:10s} {100 * m_sv:8.1f} {100 * m_base:9.1f} {n_sp:5d} {total:8.1f} {stage['dbscan_full'][-1]:14.1f}")
+        print(f"{name:10s} {100 * m_sv:8.1f} {100 * m_base:9.1f} {n_sp:5d} {stage['total'][k]:8.1f} "
+              f"{stage['dbscan_full'][k]:14.1f}")
 
         if k % 5 == 0:  # superpixel methods and scatter-min on a subset (SLIC is slow)
             for method in sp_times:
@@ -184,6 +203,19 @@ def main() -> None:
                 except Exception as exc:  # a missing optional library: report and go on
                     sp_times[method].append(float("nan"))
                     print(f"  {method}: {exc}")
+            # Graph image regions of the ground cut: OpenCV (used) vs scikit-image, same scale and rows.
+            top = int(proj.pixels[front, 1].min())
+            t = time.perf_counter()
+            graph_regions(image, sv_cfg.ground_region_scale, sv_cfg.ground_region_sigma, sv_cfg.ground_region_k,
+                          sv_cfg.ground_region_min_size, top)
+            region_times["opencv"].append(ms(t))
+            t = time.perf_counter()
+            if felzenszwalb is not None:
+                small = cv2.resize(image[top:], None, fx=sv_cfg.ground_region_scale, fy=sv_cfg.ground_region_scale,
+                                   interpolation=cv2.INTER_AREA)
+                felzenszwalb(small, scale=sv_cfg.ground_region_k, sigma=sv_cfg.ground_region_sigma,
+                             min_size=sv_cfg.ground_region_min_size)
+            region_times["scikit-image"].append(ms(t) if felzenszwalb is not None else float("nan"))
             px, d = proj.pixels, proj.depth
             t = time.perf_counter()
             superpixel_min_depth(px, d, front, superpixels)  # numpy minimum.at
@@ -202,8 +234,9 @@ def main() -> None:
           f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
           f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
     print(f"  supervoxel with the previous release's ground cut (superpixels, no graph image regions): "
-          f"{100 * acc_previous.miou():.1f}, superpoints stage median {np.median(previous_times):.1f} ms "
-          f"vs {med_sp:.1f} ms with the regions (their graph segmentation overlaps the scan cues on a second core)")
+          f"{100 * acc_previous.miou():.1f}; its geometry stages {np.median(previous_times):.1f} ms median per frame "
+          f"vs {float(np.median(stage['total'])):.1f} ms with the regions, same pass "
+          f"({float(np.median(stage['total'])) / np.median(previous_times):.2f}x)")
     print(f"  supervoxel without the range-image depth-jump cut and boundary term: {100 * acc_no_boundary.miou():.1f}")
     print(f"  supervoxel without kerb / shape / roughness / boundary cues: {100 * acc_plain.miou():.1f}, "
           f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "
@@ -223,6 +256,9 @@ def main() -> None:
     print(f"geometry total / sklearn DBSCAN on the full scan: {med['total'] / med['dbscan_full']:.2f}x")
     print("superpixels ms, median: " + ", ".join(f"{k} {np.nanmedian(v) if np.isfinite(v).any() else float('nan'):.1f}"
                                              for k, v in sp_times.items()))
+    print("ground image regions (graph segmentation) ms, median: " + ", ".join(
+        f"{k} {np.median(v):.1f}" for k, v in region_times.items())
+        + " (OpenCV used; part of the superpixels stage)")
     print(f"per-superpixel min depth ms, median: numpy minimum.at (used) {np.median(scatter['numpy']):.2f}, "
           f"torch scatter_reduce {np.median(scatter['torch']):.2f}")
 

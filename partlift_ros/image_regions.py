@@ -7,13 +7,15 @@ asphalt, small ones along kerbs, markings and grass edges. On the 35 real Semant
 ground by these regions instead of the superpixels raised the instance ceiling from 81.0 to 82.5 mIoU (road,
 parking, sidewalk and terrain all gain; ``benchmarks/bench_geometry.py``). At full resolution the
 segmentation takes ~190 ms per KITTI image on this machine; ground regions are large, so it runs on the
-image scaled by ``scale`` (0.25: ~6 ms on the rows the LiDAR covers), on a second core (see ``clustering``).
+image scaled by ``scale`` (0.25: ~8 ms on the rows the LiDAR covers; ``segment_image``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .calibration import Projection
+from .config import ClusteringConfig, VisibilityConfig
 from .types import InputError
 
 
@@ -53,3 +55,26 @@ def graph_regions(
     out[top_row:] = regions
     out[:top_row] = int(regions.max()) + 1
     return out
+
+
+def segment_image(
+    image: np.ndarray, projection: Projection, visibility: VisibilityConfig, clustering: ClusteringConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image's superpixels and, when the supervoxel method cuts the ground by them, its graph regions.
+
+    Superpixels (``visibility.compute_superpixels``) serve the visibility test and cut the non-ground
+    pieces; graph regions (``clustering.ground_region_*``, else None) cut the ground pieces. The graph is
+    segmented from the row of the highest projected point down. (Running it in a thread beside SEEDS did
+    not pay on this 2-core machine: two OpenCV calls at once were slower than one after the other.)
+    """
+    from .visibility import compute_superpixels
+
+    superpixels = compute_superpixels(image, visibility)
+    if clustering.method != "supervoxel" or clustering.ground_region_k <= 0:
+        return superpixels, None
+    rows = projection.pixels[projection.in_image, 1]
+    regions = graph_regions(
+        image, clustering.ground_region_scale, clustering.ground_region_sigma, clustering.ground_region_k,
+        clustering.ground_region_min_size, int(rows.min()) if rows.size else 0,
+    )
+    return superpixels, regions

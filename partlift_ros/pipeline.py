@@ -164,7 +164,8 @@ class LabelPipeline:
     def geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
         """The CLIP-free stages: projection, superpixels, superpoints and visibility."""
         from .clustering import segment_superpoints
-        from .visibility import compute_superpixels, visible_mask
+        from .image_regions import segment_image
+        from .visibility import visible_mask
 
         frame.validate()
         cfg = self.cfg
@@ -174,10 +175,13 @@ class LabelPipeline:
 
         projections: list[Projection] = []
         superpixels: list[np.ndarray] = []
+        regions: list[np.ndarray | None] = []
         for cam in frame.cameras:
             projections.append(project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D))
             clock.lap("projection")
-            superpixels.append(compute_superpixels(cam.image, cfg.visibility))
+            sp_map, region_map = segment_image(cam.image, projections[-1], cfg.visibility, cfg.clustering)
+            superpixels.append(sp_map)
+            regions.append(region_map)
             clock.lap("superpixels")
 
         in_view = np.zeros(n, dtype=bool)
@@ -187,7 +191,8 @@ class LabelPipeline:
         if frame.seen_labels is not None:
             eligible &= np.asarray(frame.seen_labels) < 0
         instance = segment_superpoints(
-            points, cfg.clustering, eligible, list(zip(projections, superpixels)), [cam.image for cam in frame.cameras]
+            points, cfg.clustering, eligible, list(zip(projections, superpixels)),
+            None if any(r is None for r in regions) else regions,
         )
         clock.lap("superpoints")
 

@@ -10,7 +10,7 @@ import pytest
 from partlift_ros.calibration import Projection
 from partlift_ros.clustering import segment_superpoints
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, ConfigError, PipelineConfig, VisibilityConfig
-from partlift_ros.image_regions import graph_regions
+from partlift_ros.image_regions import graph_regions, segment_image
 from partlift_ros.metrics import confusion_matrix, instance_ceiling
 from partlift_ros.types import InputError
 
@@ -83,23 +83,40 @@ def test_ground_is_cut_by_image_regions_where_one_superpixel_spans_road_kerb_and
     points, proj, image, surface = _flat_ground_seen_on_the_street(np.random.default_rng(3))
     one_superpixel = np.zeros(image.shape[:2], dtype=np.int32)
     cfg = ClusteringConfig(max_superpoints=6, kerb_height=0.0, kerb_step_weight=0.0)
-    sp = segment_superpoints(points, cfg, None, [(proj, one_superpixel)], [image])
+    _, regions = segment_image(image, proj, VisibilityConfig(), cfg)
+    sp = segment_superpoints(points, cfg, None, [(proj, one_superpixel)], [regions])
     assert (sp >= 0).all() and _purity(sp, surface) > 0.97
-    # Without the image regions (or without the image) only the superpixel cuts the ground: one piece.
+    # Without the region maps (or with the regions switched off) only the superpixel cuts the ground: one piece.
     for off in (
-        segment_superpoints(points, dataclasses.replace(cfg, ground_region_k=0.0), None, [(proj, one_superpixel)], [image]),
+        segment_superpoints(points, dataclasses.replace(cfg, ground_region_k=0.0), None, [(proj, one_superpixel)], [regions]),
         segment_superpoints(points, cfg, None, [(proj, one_superpixel)]),
     ):
         assert np.unique(off).size == 1
 
 
-def test_segment_superpoints_checks_the_images_against_the_views():
+def test_segment_image_gives_superpixels_and_the_regions_below_the_highest_point():
+    from partlift_ros.visibility import compute_superpixels
+
+    points, proj, image, _ = _flat_ground_seen_on_the_street(np.random.default_rng(5))
+    proj = Projection(uv=proj.uv, depth=proj.depth, in_image=proj.uv[:, 1] >= 30)  # nothing projects above row 30
+    cfg, vis = ClusteringConfig(), VisibilityConfig(num_superpixels=40)
+    superpixels, regions = segment_image(image, proj, vis, cfg)
+    np.testing.assert_array_equal(superpixels, compute_superpixels(image, vis))
+    expected = graph_regions(image, cfg.ground_region_scale, cfg.ground_region_sigma, cfg.ground_region_k,
+                             cfg.ground_region_min_size, top_row=int(proj.pixels[proj.in_image, 1].min()))
+    np.testing.assert_array_equal(regions, expected)
+    assert np.unique(regions[:30]).size == 1
+    for off in (dataclasses.replace(cfg, ground_region_k=0.0), dataclasses.replace(cfg, method="dbscan")):
+        assert segment_image(image, proj, vis, off)[1] is None
+
+
+def test_segment_superpoints_checks_the_region_maps_against_the_views():
     points, proj, image, _ = _flat_ground_seen_on_the_street(np.random.default_rng(4))
     sp_map = np.zeros(image.shape[:2], dtype=np.int32)
-    with pytest.raises(InputError, match="2 images for 1 views"):
-        segment_superpoints(points, ClusteringConfig(), None, [(proj, sp_map)], [image, image])
-    with pytest.raises(InputError, match="superpixel map"):
-        segment_superpoints(points, ClusteringConfig(), None, [(proj, sp_map)], [image[:60]])
+    with pytest.raises(InputError, match="2 region maps for 1 views"):
+        segment_superpoints(points, ClusteringConfig(), None, [(proj, sp_map)], [sp_map, sp_map])
+    with pytest.raises(InputError, match="region map"):
+        segment_superpoints(points, ClusteringConfig(), None, [(proj, sp_map)], [sp_map[:60]])
 
 
 def test_config_rejects_bad_ground_region_settings():
@@ -116,20 +133,19 @@ def test_real_frame_ground_classes_gain_from_image_regions(seq08):
 
     from partlift_ros.calibration import parse_kitti_calib, project_points
     from partlift_ros.semantickitti import read_label_file
-    from partlift_ros.visibility import compute_superpixels
-
     name = "000003"
     points = np.fromfile(seq08 / "velodyne" / f"{name}.bin", dtype=np.float32).reshape(-1, 4)
     labels = read_label_file(seq08 / "labels" / f"{name}.label", len(points))
     image = cv2.cvtColor(cv2.imread(str(seq08 / "image_2" / f"{name}.png")), cv2.COLOR_BGR2RGB)
     calib = parse_kitti_calib(seq08 / "calib.txt")
     proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))
-    views = [(proj, compute_superpixels(image, VisibilityConfig()))]
+    superpixels, regions = segment_image(image, proj, VisibilityConfig(), ClusteringConfig())
+    views = [(proj, superpixels)]
     front = proj.in_image
     ground_classes = [SEMANTIC_KITTI_CLASSES.index(c) for c in ("road", "parking", "sidewalk", "terrain")]
 
     def ground_iou(k: float) -> float:
-        sp = segment_superpoints(points, ClusteringConfig(ground_region_k=k), front, views, [image])
+        sp = segment_superpoints(points, ClusteringConfig(ground_region_k=k), front, views, [regions])
         assert np.unique(sp[sp >= 0]).size <= 300
         cm = confusion_matrix(instance_ceiling(sp[front], labels[front], 19), labels[front], 19)
         tp = np.diag(cm[:, :19])
