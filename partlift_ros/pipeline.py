@@ -2,8 +2,10 @@
 
     frame ──► projection ──► superpixels ──► superpoints ──► visibility ──► CLIP crops ──► affinity ──► per-point labels
 
-With ``sam.enabled``, box-prompted SAM masks grey each crop's background before CLIP and leave the points
-that project outside their instance's mask unlabelled (stage ``sam`` in ``timings_ms``).
+The ``superpixels`` stage also computes the graph image regions that cut the ground into superpoints
+(``image_regions.segment_image``). With ``sam.enabled``, box-prompted SAM masks grey each crop's background
+before CLIP and leave the points that project outside their instance's mask unlabelled (stage ``sam`` in
+``timings_ms``).
 
 ``process(frame)`` returns the frames whose labels are final: in online mode always the frame just given;
 in offline mode (the paper's block queue) frames come out in blocks once enough instances are queued, and
