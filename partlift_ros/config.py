@@ -155,10 +155,12 @@ class PipelineConfig:
         if self.clustering.min_points < 2:
             raise ConfigError("clustering.min_points: superpoints need at least 2 points")
         c = self.clustering
-        if c.ground_region_k > 0 and not (0 < c.ground_region_scale <= 1 and c.ground_region_sigma >= 0 and c.ground_region_min_size >= 1):
+        regions_ok = 0 < c.ground_region_scale <= 1 and c.ground_region_sigma >= 0 and c.ground_region_min_size >= 1
+        if c.ground_region_k > 0 and not regions_ok:
             raise ConfigError(
                 "clustering.ground_region_*: need 0 < ground_region_scale <= 1, ground_region_sigma >= 0 and "
-                f"ground_region_min_size >= 1, got {c.ground_region_scale}, {c.ground_region_sigma}, {c.ground_region_min_size}"
+                f"ground_region_min_size >= 1, got {c.ground_region_scale}, {c.ground_region_sigma}, "
+                f"{c.ground_region_min_size}"
             )
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")

@@ -72,9 +72,9 @@ def segment_image(
     superpixels = compute_superpixels(image, visibility)
     if clustering.method != "supervoxel" or clustering.ground_region_k <= 0:
         return superpixels, None
-    rows = projection.pixels[projection.in_image, 1]
+    rows = projection.uv[projection.in_image, 1]
     regions = graph_regions(
         image, clustering.ground_region_scale, clustering.ground_region_sigma, clustering.ground_region_k,
-        clustering.ground_region_min_size, int(rows.min()) if rows.size else 0,
+        clustering.ground_region_min_size, int(np.floor(rows.min())) if rows.size else 0,
     )
     return superpixels, regions
