@@ -19,7 +19,10 @@ Two methods, chosen by ``ClusteringConfig.method``:
      edges where one SEEDS superpixel often spans a thin sidewalk strip and the road. Eligible points that
      no camera sees are cut by a coarse voxel grid instead. Pieces are also cut where the range image has a
      strong depth jump (``jump_cut``, see ``depth_jump``): a person in front of a bush touches it in voxels
-     but not in depth.
+     but not in depth. Non-ground pieces are cut once more between rough and smooth points (``rough_cut``,
+     see ``rough_points``): the scan roughness below, averaged over ``rough_cut_window`` points along the
+     ring, is ~0.04 on fences and walls and ~0.2 in the hedges that touch them in voxels and often share
+     their colour (fence 46 -> 56 on the real frames below).
   2. Merging to the budget. Pieces are merged greedily until at most ``max_superpoints`` pieces with at
      least ``min_points`` points remain, joining mutual cheapest pairs first (many disjoint pairs per
      round, vectorised). A round joins only pairs that cost at most ``merge_round_ratio`` times its
@@ -54,10 +57,11 @@ Two methods, chosen by ``ClusteringConfig.method``:
   SemanticKITTI labels nothing there (so it is only worth it where far points need no label).
 
   On the 35 real SemanticKITTI frames of semantickitti-mini (``benchmarks/bench_geometry.py``) the
-  instance ceiling is 82.5 mIoU at 300 superpoints per frame, against 81.0 when the superpixels also cut
-  the ground (the previous release), 78.6 without the kerb, shape, roughness and boundary cues, and 45.6
-  for RANSAC + DBSCAN. The unmerged pieces reach 87.6 and a merge that knew the ground truth 87.1: what
-  is left is in the merge cues (signs on poles, people at walls, fences in hedges, parking beside the road).
+  instance ceiling is 83.1 mIoU at 300 superpoints per frame, against 82.5 without the rough cut, 81.0
+  when the superpixels also cut the ground, 78.6 without the kerb, shape, roughness and boundary cues,
+  and 45.6 for RANSAC + DBSCAN. The unmerged pieces reach 89.0 and a merge that knew the ground truth
+  88.5: what is left is mostly in the merge cues (signs on poles, people at walls, fences beside
+  buildings, parking beside the road).
 """
 
 from __future__ import annotations
@@ -324,10 +328,12 @@ def _initial_pieces(
     superpixel: np.ndarray,
     cfg: ClusteringConfig,
     smooth_parts: np.ndarray | None = None,
+    rough: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n,) piece id: road-level ground / raised ground / 3D component, cut by image superpixel
-    (or by a coarse grid where no camera sees the point) and by ``smooth_parts`` (ids of the parts
-    of the range image between strong depth jumps) when given."""
+    (or by a coarse grid where no camera sees the point), by ``smooth_parts`` (ids of the parts
+    of the range image between strong depth jumps) and by ``rough`` (bool, foliage-rough points)
+    when given."""
     component = raised.astype(np.int64)  # 0 = road-level ground, 1 = raised ground
     if (~ground).any():
         component[~ground] = voxel_components(xyz[~ground], cfg.voxel_size) + 2
@@ -345,7 +351,22 @@ def _initial_pieces(
     _, piece = np.unique(component * (int(cut.max()) + 1) + cut, return_inverse=True)
     if smooth_parts is not None:
         _, piece = np.unique(piece.reshape(-1) * (int(smooth_parts.max()) + 1) + smooth_parts, return_inverse=True)
+    if rough is not None:
+        _, piece = np.unique(piece.reshape(-1) * 2 + rough, return_inverse=True)
     return piece.reshape(-1)
+
+
+def rough_points(roughness: np.ndarray, window: int, threshold: float) -> np.ndarray:
+    """(n,) bool: points whose scan roughness, averaged over ``window`` consecutive points, exceeds ``threshold``.
+
+    One point's roughness is noisy (a leaf edge on a fence, a flat leaf in a hedge); the average over a few
+    neighbours along the ring is not: ~0.04 on fences and walls, ~0.2 in hedges and trees on KITTI scans.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    if window > 1:
+        roughness = uniform_filter1d(np.asarray(roughness, dtype=np.float64), window, mode="nearest")
+    return roughness > threshold
 
 
 def kerb_step(height: np.ndarray, ground: np.ndarray, pairs: np.ndarray, full_step: float) -> np.ndarray:
@@ -589,7 +610,10 @@ def supervoxel_superpoints(
         # Ground and non-ground points never share a piece, so the two id spaces may overlap.
         region_views = [(proj, region_map) for (proj, _), region_map in zip(views, regions)]
         superpixel[ground] = _superpixel_of_points(idx[ground], region_views)
-    piece = _initial_pieces(xyz, ground, raised, superpixel, cfg, parts)
+    roughness = scan_roughness(points, idx) if cfg.roughness_weight > 0 or cfg.rough_cut > 0 else None
+    # Objects only: on the ground roughness is mostly range noise at grazing angles (cutting there lost 0.1-0.8).
+    rough = ~ground & rough_points(roughness, cfg.rough_cut_window, cfg.rough_cut) if cfg.rough_cut > 0 else None
+    piece = _initial_pieces(xyz, ground, raised, superpixel, cfg, parts, rough)
     columns = [
         xyz / cfg.position_scale,
         np.asarray(points[idx, 3], dtype=np.float64) * cfg.intensity_weight,
@@ -597,7 +621,7 @@ def supervoxel_superpoints(
         raised * cfg.ground_weight,  # road level vs raised ground: as different as ground vs objects
     ]
     if cfg.roughness_weight > 0:
-        columns.append(scan_roughness(points, idx) * cfg.roughness_weight)
+        columns.append(roughness * cfg.roughness_weight)
     edge_weight = jump
     if cfg.kerb_step_weight > 0 and cfg.boundary_weight > 0 and neighbours.shape[0]:
         # Between two ground points the depth jump mostly measures the grazing angle of the rays (high

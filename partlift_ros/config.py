@@ -65,6 +65,8 @@ class ClusteringConfig:
     kerb_height: float = 0.07  # m, supervoxel: ground this far above the road plane is cut apart (0 = off)
     boundary_weight: float = 10.0  # supervoxel merge: weight of the depth jump where two pieces meet in the scan (0 = off)
     jump_cut: float = 0.8  # supervoxel: initial pieces never span scan neighbours with a depth-jump weight >= this (0 = off)
+    rough_cut: float = 0.08  # supervoxel: non-ground pieces are cut between foliage-rough and smooth points (0 = off)
+    rough_cut_window: int = 7  # scan-order points the roughness is averaged over before rough_cut compares it
     merge_round_ratio: float = 3.0  # supervoxel merge: a round joins pairs costing <= this x its cheapest (inf = all)
     max_range: float = 0.0  # m, points further away get no superpoint (0 = off; SemanticKITTI labels ~50 m)
     road_cell: float = 2.0  # m, supervoxel: xy cell of the local road surface heights refer to (0 = one plane)
@@ -162,6 +164,8 @@ class PipelineConfig:
                 f"ground_region_min_size >= 1, got {c.ground_region_scale}, {c.ground_region_sigma}, "
                 f"{c.ground_region_min_size}"
             )
+        if c.rough_cut > 0 and c.rough_cut_window < 1:
+            raise ConfigError(f"clustering.rough_cut_window: need >= 1 point, got {c.rough_cut_window}")
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
         if self.sam.box_batch_size < 1 or not 0.0 <= self.sam.min_point_fraction <= 1.0:

@@ -16,12 +16,13 @@ from partlift_ros.clustering import (
     merge_pieces,
     relabel_contiguous,
     remove_ground_ransac,
+    rough_points,
     scan_roughness,
     segment_superpoints,
     symmetric_eigenvalues,
     voxel_components,
 )
-from partlift_ros.config import ClusteringConfig, VisibilityConfig
+from partlift_ros.config import ClusteringConfig, ConfigError, PipelineConfig, VisibilityConfig
 from partlift_ros.metrics import confusion_matrix, instance_ceiling, mean_iou
 from partlift_ros.semantickitti import read_label_file
 from partlift_ros.types import IGNORE, InputError
@@ -194,12 +195,50 @@ def test_scan_roughness_is_low_on_a_fence_and_high_in_a_bush():
 def test_roughness_keeps_a_fence_apart_from_a_bush():
     points, label = _fence_and_bush(np.random.default_rng(11))
     # The scene's "rings" run along y, not round the sensor, so the range-image cues are switched off
-    # to test roughness alone.
-    cfg = ClusteringConfig(max_superpoints=4, jump_cut=0.0, boundary_weight=0.0)
+    # to test roughness alone, and so is the rough cut (tested below) to test it as a merge cue.
+    cfg = ClusteringConfig(max_superpoints=4, jump_cut=0.0, boundary_weight=0.0, rough_cut=0.0)
     sp = segment_superpoints(points, cfg)
     assert set(np.unique(sp[label == 1])).isdisjoint(np.unique(sp[label == 2]))
     smooth_blind = segment_superpoints(points, dataclasses.replace(cfg, roughness_weight=0.0))
     assert not set(np.unique(smooth_blind[label == 1])).isdisjoint(np.unique(smooth_blind[label == 2]))
+
+
+def test_rough_points_average_out_single_spikes():
+    roughness = np.full(40, 0.03)
+    roughness[10] = 0.3  # one leaf edge on a fence
+    roughness[25:] = 0.25  # a hedge
+    assert rough_points(roughness, 1, 0.08)[10]
+    averaged = rough_points(roughness, 7, 0.08)
+    assert not averaged[:22].any() and averaged[28:].all()
+
+
+def _purity(sp: np.ndarray, label: np.ndarray) -> float:
+    """Fraction of the points whose superpoint's majority label is their own."""
+    ids, inverse = np.unique(sp, return_inverse=True)
+    majority = np.array([np.bincount(label[sp == s]).argmax() for s in ids])
+    return float(np.mean(majority[inverse] == label))
+
+
+def test_rough_cut_splits_a_fence_from_the_bush_it_touches():
+    points, label = _fence_and_bush(np.random.default_rng(12))
+    points[:, 1] += 1.0  # the fence-bush border off the 2.4 m cells that cut points no camera sees
+    objects = label > 0
+    # No merge pressure and no roughness in the merge cost: only the cut can keep the two apart, because
+    # fence and bush touch in voxels and no camera sees them.
+    cfg = ClusteringConfig(max_superpoints=10_000, jump_cut=0.0, boundary_weight=0.0, roughness_weight=0.0)
+    cut = segment_superpoints(points, cfg)
+    uncut = segment_superpoints(points, dataclasses.replace(cfg, rough_cut=0.0))
+    assert _purity(cut[objects], label[objects]) > 0.93
+    assert _purity(uncut[objects], label[objects]) < 0.85
+
+
+def test_config_rejects_an_empty_rough_cut_window():
+    cfg = PipelineConfig()
+    cfg.clustering.rough_cut_window = 0
+    with pytest.raises(ConfigError, match="rough_cut_window"):
+        cfg.validate()
+    cfg.clustering.rough_cut = 0.0  # off: the window is not used
+    cfg.validate()
 
 
 def test_merge_budget_ignores_pieces_below_min_points():
