@@ -17,26 +17,21 @@ frames instead of the rule's choice.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))  # the GT-as-pseudo-label run writer shared with the tests
+sys.path.insert(0, str(REPO / "test"))  # the GT-as-pseudo-label run writers shared with the tests
 
-from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence  # noqa: E402
+from student_fixtures import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence  # noqa: E402
 
-from partlift_ros.io.writers import encode_labels, read_run_labels  # noqa: E402
 from partlift_ros.student.adapt import adapt_head  # noqa: E402
 from partlift_ros.student.train import TrainConfig, train  # noqa: E402
-from partlift_ros.types import IGNORE  # noqa: E402
 
 SEQUENCES = REPO.parent / "shared" / "data" / "semantickitti-mini" / "sequences"
 MERGED = {
@@ -47,22 +42,6 @@ MERGED = {
     "structure": ["building", "fence"],
     "pole-like": ["pole", "traffic-sign"],
 }
-
-
-def write_merged_run(src: Path, out: Path, groups: dict, embedding_dim: int, seed: int = 11) -> Path:
-    """Copy of label run ``src`` relabelled with ``groups`` (new class -> old classes), new random embeddings."""
-    shutil.copytree(src, out)
-    old = yaml.safe_load((src / "classes.yaml").read_text())["classes"]
-    table = np.full(len(old), IGNORE, np.int64)
-    for new_id, members in enumerate(groups.values()):
-        table[[old.index(m) for m in members]] = new_id
-    for path in (out / "labels").glob("*.label"):
-        segment, unit = read_run_labels(src, int(path.stem))
-        path.write_bytes(encode_labels(np.where(segment >= 0, table[segment], IGNORE), unit).astype("<u4").tobytes())
-    (out / "classes.yaml").write_text(yaml.safe_dump({"classes": list(groups)}))
-    emb = np.random.default_rng(seed).normal(size=(len(groups), embedding_dim)).astype(np.float32)
-    np.save(out / "text_embeddings.npy", emb / np.linalg.norm(emb, axis=1, keepdims=True))
-    return out
 
 
 def main() -> None:
@@ -88,7 +67,7 @@ def main() -> None:
         seq08 = write_thinned_sequence(SEQUENCES / "08", tmp / "08", adapt_ids, step=args.thin)
         train_run = write_gt_pseudo_label_run(tmp / "train_run", seq00, train_ids)
         full08 = write_gt_pseudo_label_run(tmp / "run08_19", seq08, adapt_ids)
-        support_run = write_merged_run(full08, tmp / "run08_merged", MERGED, embedding_dim=16)
+        support_run = write_merged_run(full08, tmp / "run08_merged", MERGED, embedding_dim=16, seed=11)
 
         cfg = TrainConfig(epochs=args.epochs, batch_size=2, width=args.width, voxel_size=args.voxel, lr=1e-2,
                           max_points=args.max_points, use_2d=False, backend="torch", device=args.device, seed=0)

@@ -8,6 +8,7 @@ produces.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import yaml
 from partlift_ros.calibration import project_points
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, PipelineConfig
 from partlift_ros.io.kitti import KittiSequenceReader
-from partlift_ros.io.writers import LabelRunWriter
+from partlift_ros.io.writers import LabelRunWriter, encode_labels, read_run_labels
 from partlift_ros.semantickitti import map_raw_labels
 from partlift_ros.types import IGNORE, LabelledCloud
 
@@ -75,4 +76,20 @@ def write_thinned_sequence(sequence_dir: Path, out: Path, indices, step: int = 4
         points[::step].tofile(out / "velodyne" / f"{stem}.bin")
         labels[::step].tofile(out / "labels" / f"{stem}.label")
         shutil.copy(sequence_dir / "image_2" / f"{stem}.png", out / "image_2" / f"{stem}.png")
+    return out
+
+
+def write_merged_run(src: Path, out: Path, groups: dict, embedding_dim: int = 16, seed: int = 7) -> Path:
+    """A copy of label run ``src`` relabelled with ``groups`` (new class -> old classes) and new random embeddings."""
+    shutil.copytree(src, out)
+    old = yaml.safe_load((src / "classes.yaml").read_text())["classes"]
+    table = np.full(len(old), IGNORE, np.int64)
+    for new_id, members in enumerate(groups.values()):
+        table[[old.index(m) for m in members]] = new_id
+    for path in (out / "labels").glob("*.label"):
+        segment, unit = read_run_labels(src, int(path.stem))
+        path.write_bytes(encode_labels(np.where(segment >= 0, table[segment], IGNORE), unit).astype("<u4").tobytes())
+    (out / "classes.yaml").write_text(yaml.safe_dump({"classes": list(groups)}))
+    emb = np.random.default_rng(seed).normal(size=(len(groups), embedding_dim)).astype(np.float32)
+    np.save(out / "text_embeddings.npy", emb / np.linalg.norm(emb, axis=1, keepdims=True))
     return out

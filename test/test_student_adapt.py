@@ -3,19 +3,16 @@ the adapted checkpoint, and the errors."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES
-from partlift_ros.io.writers import encode_labels, read_run_labels
+from partlift_ros.io.writers import read_run_labels
 from partlift_ros.student.adapt import adapt_head, choose_support, coverage_order
-from partlift_ros.types import IGNORE, InputError
+from partlift_ros.types import InputError
 
-from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
+from student_fixtures import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,24 +24,6 @@ MERGED = {
     "structure": ["building", "fence", "pole", "traffic-sign"],
     "sky": [],
 }
-
-
-
-
-def write_merged_run(src, out, groups: dict, embedding_dim: int = 16, seed: int = 7):
-    """A copy of label run ``src`` relabelled with ``groups`` (new class -> old classes) and new embeddings."""
-    shutil.copytree(src, out)
-    old = yaml.safe_load((src / "classes.yaml").read_text())["classes"]
-    table = np.full(len(old), IGNORE, np.int64)
-    for new_id, members in enumerate(groups.values()):
-        table[[old.index(m) for m in members]] = new_id
-    for path in (out / "labels").glob("*.label"):
-        segment, unit = read_run_labels(src, int(path.stem))
-        path.write_bytes(encode_labels(np.where(segment >= 0, table[segment], IGNORE), unit).astype("<u4").tobytes())
-    (out / "classes.yaml").write_text(yaml.safe_dump({"classes": list(groups)}))
-    emb = np.random.default_rng(seed).normal(size=(len(groups), embedding_dim)).astype(np.float32)
-    np.save(out / "text_embeddings.npy", emb / np.linalg.norm(emb, axis=1, keepdims=True))
-    return out
 
 
 @pytest.fixture(scope="module")
