@@ -88,11 +88,12 @@ class KittiCalibration:
     T_cam_lidar: np.ndarray  # (4, 4) velodyne -> rectified cam2
 
 
-def parse_kitti_calib(path: str | Path) -> KittiCalibration:
-    """Read ``calib.txt`` (P0..P3, Tr) into K and the LiDAR -> cam2 extrinsic.
+def parse_kitti_calib(path: str | Path, camera: int = 2) -> KittiCalibration:
+    """Read ``calib.txt`` (P0..P3, Tr) into K and the LiDAR -> camera extrinsic of KITTI camera ``camera``
+    (2 = left colour, 3 = right colour).
 
-    P2 = K [I | t2] with t2 the cam0 -> cam2 offset (already multiplied by K), so
-    T_cam2_lidar = [I | K^-1 p2_4] · Tr.
+    P_c = K [I | t_c] with t_c the cam0 -> cam_c offset (already multiplied by K), so
+    T_cam_lidar = [I | K^-1 p_c4] · Tr.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,19 +109,20 @@ def parse_kitti_calib(path: str | Path) -> KittiCalibration:
             values[key.strip()] = np.array([float(v) for v in rest.split()], dtype=np.float64)
         except ValueError as exc:
             raise InputError(f"{path}:{lineno}: non-numeric value in {key.strip()}") from exc
-    missing = [k for k in ("P2", "Tr") if k not in values]
+    p_key = f"P{int(camera)}"
+    missing = [k for k in (p_key, "Tr") if k not in values]
     if missing:
         raise InputError(f"{path}: missing {' and '.join(missing)} (have {sorted(values)})")
-    for k in ("P2", "Tr"):
+    for k in (p_key, "Tr"):
         if values[k].size != 12:
             raise InputError(f"{path}: {k} must have 12 values, has {values[k].size}")
-    P2 = values["P2"].reshape(3, 4)
-    K = P2[:, :3].copy()
+    P = values[p_key].reshape(3, 4)
+    K = P[:, :3].copy()
     if K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"{path}: P2 has a non-positive focal length")
-    t2 = np.linalg.solve(K, P2[:, 3])
+        raise InputError(f"{path}: {p_key} has a non-positive focal length")
+    t = np.linalg.solve(K, P[:, 3])
     Tr = np.vstack([values["Tr"].reshape(3, 4), [0, 0, 0, 1]])
-    return KittiCalibration(K=K, T_cam_lidar=se3(np.eye(3), t2) @ Tr)
+    return KittiCalibration(K=K, T_cam_lidar=se3(np.eye(3), t) @ Tr)
 
 
 def distort(xn: np.ndarray, yn: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -41,6 +41,15 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class PointsConfig:
+    """How raw clouds are read (see ``points.py``: one rule for every reader and node)."""
+
+    # "auto": full scale from the field datatype and the values seen (1, 255 or 65535), or a number: the raw
+    # intensity that maps to 1.0. Every stage sees intensity in 0..1.
+    intensity_scale: str = "auto"
+
+
+@dataclass
 class ClusteringConfig:
     method: str = "supervoxel"  # "supervoxel" (annotation-free over-segmentation) | "dbscan"
     front_view_only: bool = True  # cluster only points that project into a camera
@@ -129,6 +138,7 @@ class PipelineConfig:
     classes: list[str] = field(default_factory=lambda: list(SEMANTIC_KITTI_CLASSES))
     # Generalized zero-shot: CLIP chooses among these only (empty = all classes).
     unseen_classes: list[str] = field(default_factory=list)
+    points: PointsConfig = field(default_factory=PointsConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
@@ -144,6 +154,12 @@ class PipelineConfig:
         unknown = [c for c in self.unseen_classes if c not in self.classes]
         if unknown:
             raise ConfigError(f"unseen_classes: {unknown} are not in classes {self.classes}")
+        from .points import parse_intensity_scale
+
+        try:
+            parse_intensity_scale(self.points.intensity_scale)
+        except ValueError as exc:
+            raise ConfigError(f"points.intensity_scale: {exc}") from None
         if self.clustering.method not in ("supervoxel", "dbscan"):
             raise ConfigError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {self.clustering.method!r}")
         if self.visibility.superpixel_method not in ("seeds", "slico", "slic"):

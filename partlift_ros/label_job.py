@@ -30,20 +30,28 @@ class SourceSpec:
     image_topic: str | list[str] | None = None
     camera_info_topic: str | list[str] | None = None
     slop: float = 0.05
+    # SemanticKITTI folders: the colour cameras to read (2 = image_2 with P2, 3 = image_3 with P3).
+    cameras: list[int] | None = None
+    # How the points are read (config ``points.intensity_scale``); kept here so later jobs read them the same way.
+    intensity_scale: str = "auto"
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def detect_source(path: str | Path, **bag_options) -> SourceSpec:
+def detect_source(
+    path: str | Path, cameras: list[int] | None = None, intensity_scale: str = "auto", **bag_options
+) -> SourceSpec:
     """A SemanticKITTI sequence folder or a rosbag2 (.mcap, .db3 or a bag folder)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"source not found: {p}")
     if p.is_dir() and (p / "velodyne").is_dir():
-        return SourceSpec("kitti", str(p.resolve()))
+        return SourceSpec("kitti", str(p.resolve()), cameras=cameras, intensity_scale=str(intensity_scale))
     if p.suffix in (".mcap", ".db3") or (p.is_dir() and (p / "metadata.yaml").is_file()):
-        return SourceSpec("rosbag", str(p.resolve()), **bag_options)
+        if cameras is not None:
+            raise InputError("--cameras picks KITTI cameras; for a bag give one --image-topic per camera")
+        return SourceSpec("rosbag", str(p.resolve()), intensity_scale=str(intensity_scale), **bag_options)
     raise InputError(
         f"{p}: not a SemanticKITTI sequence folder (needs velodyne/, image_2/, calib.txt) "
         "nor a rosbag2 (.mcap, .db3 or a folder with metadata.yaml)"
@@ -69,7 +77,7 @@ def open_source(spec: SourceSpec, frames: slice | None = None) -> tuple[list[int
         raise InputError(f"random access needs a SemanticKITTI folder; {spec.path} is a {spec.kind}")
     from .io.kitti import KittiSequenceReader
 
-    reader = KittiSequenceReader(spec.path)
+    reader = KittiSequenceReader(spec.path, cameras=spec.cameras or (2,), intensity_scale=spec.intensity_scale)
     position = {index: pos for pos, index in enumerate(reader.frame_indices)}
     return _in_range(reader.frame_indices, frames), lambda index: reader.read(position[index])
 
@@ -94,7 +102,7 @@ def iter_source(
 
     reader = RosbagReader(
         spec.path, points_topic=spec.points_topic, image_topic=spec.image_topic,
-        camera_info_topic=spec.camera_info_topic, slop=spec.slop,
+        camera_info_topic=spec.camera_info_topic, slop=spec.slop, intensity_scale=spec.intensity_scale,
     )
     # Bag frames are numbered in pairing order, so a resumed run skips the same frames.
     for frame in reader:

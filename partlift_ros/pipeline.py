@@ -22,6 +22,7 @@ import numpy as np
 
 from .calibration import Projection, project_points
 from .config import PipelineConfig
+from .points import finite_points_mask
 from .types import IGNORE, Frame, LabelledCloud
 
 
@@ -52,6 +53,23 @@ class Geometry:
     num_instances: int
     visible_per_camera: list[np.ndarray]
     visible: np.ndarray  # (N,) bool: visible in at least one camera
+
+    def expand(self, rows: np.ndarray) -> "Geometry":
+        """This geometry of a frame's ``rows`` (bool mask), spread back over all its points: the others are
+        not in any image, not visible and in no superpoint."""
+        n = rows.shape[0]
+
+        def spread(values: np.ndarray, fill) -> np.ndarray:
+            out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+            out[rows] = values
+            return out
+
+        projections = [Projection(spread(p.uv, np.nan), spread(p.depth, np.nan), spread(p.in_image, False))
+                       for p in self.projections]
+        return Geometry(
+            projections, self.superpixels, spread(self.in_view, False), spread(self.instance, IGNORE),
+            self.num_instances, [spread(v, False) for v in self.visible_per_camera], spread(self.visible, False),
+        )
 
 
 class _StageClock:
@@ -170,9 +188,16 @@ class LabelPipeline:
         from .visibility import visible_mask
 
         frame.validate()
+        finite = finite_points_mask(frame.points)
+        if not finite.all():
+            # The one non-finite policy (points.py): such points keep their index and get no superpoint.
+            return self.geometry(frame.subset(finite), clock).expand(finite)
         cfg = self.cfg
         clock = clock or _StageClock()
         points = np.ascontiguousarray(frame.points[:, :4], dtype=np.float32)
+        if not np.isfinite(points[:, 3]).all():
+            points = points.copy()
+            points[~np.isfinite(points[:, 3]), 3] = 0.0
         n = points.shape[0]
 
         projections: list[Projection] = []

@@ -1,7 +1,9 @@
 """The data that flows through the pipeline: one Frame in, one LabelledCloud out.
 
 Conventions used everywhere in the core (files use their own, see io/writers.py):
-- points are (N, 4) float32: x, y, z in the LiDAR frame (metres) and intensity;
+- points are (N, 4) float32: x, y, z in the LiDAR frame (metres) and intensity in 0..1 (readers normalise
+  it, see ``points.normalise_intensity``); rows with non-finite x, y or z are kept in place and get no
+  label (``points.finite_points_mask``), so outputs line up with the input cloud;
 - class ids are 0-based indices into the run's class list, ``IGNORE`` (-1) = no label;
 - superpoint ids are 0-based, ``IGNORE`` (-1) = no superpoint (ground-removed, noise, invalid).
 """
@@ -49,10 +51,25 @@ class Frame:
     frame_id: str = "lidar"
     # Generalized zero-shot: per-point class ids (IGNORE where unknown) that are kept as given.
     seen_labels: np.ndarray | None = None
+    # (N,) laser (ring) index of each point when the source knows it (a ring field or the rows of an
+    # organised cloud); None = unknown, the superpoint stage then estimates rings from elevation angles.
+    ring: np.ndarray | None = None
+    # (height, width) of an organised cloud (points are its cells, row-major); None = unorganised.
+    layout: tuple[int, int] | None = None
 
     @property
     def camera(self) -> CameraView:
         return self.cameras[0]
+
+    def subset(self, keep: np.ndarray) -> "Frame":
+        """The same frame with only the points selected by the (N,) bool mask ``keep`` (unorganised)."""
+        keep = np.asarray(keep, dtype=bool)
+        return Frame(
+            points=self.points[keep], cameras=self.cameras, stamp=self.stamp, index=self.index,
+            frame_id=self.frame_id,
+            seen_labels=None if self.seen_labels is None else np.asarray(self.seen_labels)[keep],
+            ring=None if self.ring is None else np.asarray(self.ring)[keep],
+        )
 
     def validate(self) -> None:
         """Raise InputError with a specific message if the frame cannot be labelled."""
@@ -61,9 +78,12 @@ class Frame:
             raise InputError(f"frame {self.index}: points must be an (N, 4) array, got shape {getattr(p, 'shape', None)}")
         if p.shape[0] == 0:
             raise InputError(f"frame {self.index}: empty scan (0 points)")
-        bad = ~np.isfinite(p[:, :3]).all(axis=1)
-        if bad.any():
-            raise InputError(f"frame {self.index}: {int(bad.sum())} points have NaN/inf coordinates")
+        if not np.isfinite(p[:, :3]).all(axis=1).any():
+            raise InputError(f"frame {self.index}: every one of the {p.shape[0]} points has NaN/inf coordinates")
+        if self.ring is not None and np.shape(self.ring) != (p.shape[0],):
+            raise InputError(f"frame {self.index}: ring has shape {np.shape(self.ring)} for {p.shape[0]} points")
+        if self.layout is not None and int(self.layout[0]) * int(self.layout[1]) != p.shape[0]:
+            raise InputError(f"frame {self.index}: organised layout {tuple(self.layout)} does not hold {p.shape[0]} points")
         if not self.cameras:
             raise InputError(f"frame {self.index}: no camera image")
         for cam in self.cameras:

@@ -61,7 +61,9 @@ def write_bag(path, clouds=(), images=(), infos=None, tf=None, extra_cloud_topic
 
 
 def cloud(seed, n=20):
-    return np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+    pts = np.random.default_rng(seed).normal(size=(n, 4)).astype(np.float32)
+    pts[:, 3] = np.abs(pts[:, 3]) / 4  # intensity in 0..1, as KITTI's remission
+    return np.minimum(pts, np.float32(1.0), where=np.arange(4) == 3, out=pts)
 
 
 # --- real frames: kitti2bag -> RosbagReader equals KittiSequenceReader ----------------------------
@@ -131,11 +133,40 @@ def test_image_written_after_its_cloud_is_still_paired(tmp_path):
     np.testing.assert_array_equal(frames[1].camera.image, images[1][1])
 
 
-def test_nan_points_of_organised_clouds_are_dropped(tmp_path):
+def test_nan_points_keep_their_rows(tmp_path):
     pts = cloud(0, n=10)
     pts[[2, 5], 0] = np.nan
     frame = next(iter(RosbagReader(write_bag(tmp_path / "b.mcap", [(1.0, pts)], [(1.0, rgb(1))]))))
-    np.testing.assert_array_equal(frame.points, pts[[0, 1, 3, 4, 6, 7, 8, 9]])
+    np.testing.assert_array_equal(frame.points, pts)  # NaN rows stay in place: labels line up with the bag
+    assert frame.ring is None and frame.layout is None
+
+
+def test_organised_uint8_cloud_with_ring_field_is_normalised_and_keeps_its_layout(tmp_path):
+    """A Velodyne-style organised cloud: uint8 intensity 0..255, a uint16 ring field, NaN no-returns."""
+    rows, cols = 4, 6
+    xyz = np.random.default_rng(3).normal(size=(rows * cols, 3)).astype(np.float32)
+    xyz[[1, 7], :] = np.nan
+    dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "u1"), ("ring", "<u2")])
+    arr = np.zeros(rows * cols, dtype)
+    arr["x"], arr["y"], arr["z"] = xyz.T
+    arr["intensity"] = np.arange(rows * cols) * 10
+    arr["ring"] = np.arange(rows * cols) % 16  # not the row: the field wins
+    with BagOutput(tmp_path / "org.mcap") as bag:
+        ts = bag.ts
+        bag.add_topic("/points", "sensor_msgs/msg/PointCloud2")
+        bag.add_topic("/cam/image_raw", "sensor_msgs/msg/Image")
+        bag.add_topic("/cam/camera_info", "sensor_msgs/msg/CameraInfo")
+        bag.add_topic("/tf_static", "tf2_msgs/msg/TFMessage", latched=True)
+        bag.write("/tf_static", tf_static_msg(ts, [("lidar", "cam", np.linalg.inv(T_CAM_LIDAR))], 1.0), 1.0)
+        bag.write("/points", pointcloud2_msg(ts, encode_pointcloud2(arr.reshape(rows, cols)), 1.0, "lidar"), 1.0)
+        bag.write("/cam/image_raw", image_msg(ts, rgb(1), 1.0, "cam"), 1.0)
+        bag.write("/cam/camera_info", camera_info_msg(ts, K, (W, H), 1.0, "cam"), 1.0)
+    frame = next(iter(RosbagReader(tmp_path / "org.mcap")))
+    assert frame.layout == (rows, cols) and frame.points.shape == (rows * cols, 4)
+    np.testing.assert_allclose(frame.points[:, 3], np.arange(rows * cols) * 10 / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(frame.ring, np.arange(rows * cols) % 16)
+    assert np.isnan(frame.points[[1, 7], 0]).all()
+    frame.validate()
 
 
 def test_missing_topic_lists_what_the_bag_has(tmp_path):

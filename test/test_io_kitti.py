@@ -24,6 +24,7 @@ def make_sequence(root: Path, n: int = 3, size=(8, 6)) -> Path:
         (root / sub).mkdir(parents=True)
     for i in range(n):
         pts = rng.normal(size=(10 + i, 4)).astype(np.float32)
+        pts[:, 3] = rng.uniform(0, 1, size=10 + i)  # KITTI remission is 0..1
         pts.tofile(root / "velodyne" / f"{i:06d}.bin")
         img = np.full((size[1], size[0], 3), (10 * i, 20, 30), np.uint8)  # RGB
         cv2.imwrite(str(root / "image_2" / f"{i:06d}.png"), img[:, :, ::-1])
@@ -106,12 +107,21 @@ def test_empty_scan(seq):
     expect_error(seq, "empty scan")
 
 
-def test_nan_points(seq):
+def test_nan_points_keep_their_row_and_an_all_nan_scan_is_refused(seq):
     pts = np.fromfile(seq / "velodyne" / "000001.bin", np.float32).reshape(-1, 4)
     pts[3, 1] = np.nan
     pts[5, 0] = np.inf
+    pts[6, 3] = np.nan  # a bad intensity on a good point
     pts.tofile(seq / "velodyne" / "000001.bin")
-    expect_error(seq, "000001.bin: 2 of 11 points have NaN/inf")
+    frame = KittiSequenceReader(seq).read(1)
+    assert frame.points.shape == (11, 4)  # rows stay where they were, so labels line up with the file
+    assert np.isnan(frame.points[3, 1]) and np.isinf(frame.points[5, 0])
+    assert frame.points[6, 3] == 0.0
+    np.testing.assert_array_equal(frame.points[7], pts[7])
+    frame.validate()
+    np.full((4, 4), np.nan, np.float32).tofile(seq / "velodyne" / "000002.bin")
+    with pytest.raises(InputError, match="000002.bin: every one of the 4 points has NaN/inf"):
+        KittiSequenceReader(seq).read(2)
 
 
 def test_label_count_differs_from_points(seq):
@@ -130,7 +140,7 @@ def test_missing_labels_folder(seq):
 
 def test_image_size_differs_from_first(seq):
     cv2.imwrite(str(seq / "image_2" / "000002.png"), np.zeros((6, 9, 3), np.uint8))
-    expect_error(seq, "image is 9x6, but the sequence's first image is 8x6")
+    expect_error(seq, "image is 9x6, but the camera's first image is 8x6")
 
 
 def test_times_too_short(seq):

@@ -397,3 +397,26 @@ def test_camera_names_and_topics_are_checked():
             build_cameras(values)
     with pytest.raises(ConfigError, match="unique"):
         build_settings({"cameras": ["a", "a"]})
+
+
+# ------------------------------------------------------------------------- the real KITTI stereo pair
+def test_real_two_camera_kitti_run_covers_the_single_camera_run(labeler, seq08, tmp_path):
+    """image_2 + image_3 through the CLI's source options: every point the left camera sees is still seen."""
+    import yaml
+
+    from partlift_ros.cli.label import parse_cameras
+    from partlift_ros.label_job import SourceSpec, detect_source, iter_source
+
+    spec = detect_source(seq08, cameras=parse_cameras("2,3"))
+    assert SourceSpec(**yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec  # source.yaml round trip
+    (_, stereo), = list(iter_source(spec, slice(0, 1), lambda i: False))
+    (_, mono), = list(iter_source(detect_source(seq08), slice(0, 1), lambda i: False))
+    assert len(stereo.cameras) == 2 and len(mono.cameras) == 1
+    off = {"affinity.enabled": False}
+    two = label(pipeline(labeler, **off), stereo.points, stereo.cameras)
+    one = label(pipeline(labeler, **off), mono.points, mono.cameras)
+    assert (two.visible | ~one.visible).all()  # visibility is the union over cameras
+    assert two.visible.sum() > one.visible.sum()  # the right camera sees a strip the left one does not
+    assert (two.label != IGNORE).sum() >= 0.95 * (one.label != IGNORE).sum()
+    with pytest.raises(InputError, match="--cameras expects KITTI camera numbers"):
+        parse_cameras("left")

@@ -107,13 +107,30 @@ def test_changing_classes_changes_the_score_columns(labeler, frames):
     assert set(np.unique(out.label)) <= {IGNORE, 0, 1, 2}
 
 
+def test_non_finite_points_keep_their_index_and_get_no_label(labeler, frames):
+    f = frames[0]
+    bad = np.zeros(f.points.shape[0], bool)
+    bad[::7] = True  # spread over the scan, in and out of the image
+    nan_points = f.points.copy()
+    nan_points[bad, 1] = np.nan
+    nan_points[bad[:, None].nonzero()[0][::2], 0] = np.inf
+    (with_nan,) = make(labeler, **{"affinity.mode": "online"}).process(type(f)(**{**f.__dict__, "points": nan_points}))
+    (without,) = make(labeler, **{"affinity.mode": "online"}).process(f.subset(~bad))
+    assert with_nan.num_points == f.points.shape[0]
+    assert (with_nan.label[bad] == IGNORE).all() and (with_nan.instance[bad] == IGNORE).all()
+    assert not with_nan.visible[bad].any() and (with_nan.confidence[bad] == 0).all()
+    # The finite points are labelled exactly as if the bad ones had never been there.
+    np.testing.assert_array_equal(with_nan.label[~bad], without.label)
+    np.testing.assert_array_equal(with_nan.instance[~bad], without.instance)
+    assert (without.label != IGNORE).any()
+
+
 def test_bad_frames_raise_specific_errors(labeler, frames):
     pipe = make(labeler, **{"affinity.mode": "online"})
     f = frames[0]
-    nan_points = f.points.copy()
-    nan_points[5, 1] = np.nan
+    all_nan = np.full_like(f.points, np.nan)
     with pytest.raises(InputError, match="NaN"):
-        pipe.process(type(f)(**{**f.__dict__, "points": nan_points}))
+        pipe.process(type(f)(**{**f.__dict__, "points": all_nan}))
     with pytest.raises(InputError, match="empty scan"):
         pipe.process(type(f)(**{**f.__dict__, "points": np.zeros((0, 4), np.float32)}))
     # The pipeline still works after rejecting bad frames.

@@ -35,6 +35,9 @@ def label(
         None, "--camera-info-topic",
         help="Bag sources: CameraInfo topic, one per --image-topic in the same order (default: the image's namespace).",
     ),
+    cameras: Optional[str] = typer.Option(
+        None, "--cameras", help='SemanticKITTI sources: colour cameras to use, "2" (default, image_2) or "2,3" (both).'
+    ),
 ) -> None:
     """Label a sequence or a bag: per-point classes, confidences and superpoints in OUT."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -57,8 +60,8 @@ def label(
             overrides["clustering.method"] = "dbscan"
         cfg = resolve_config(config, **overrides)
         spec = detect_source(
-            source, points_topic=points_topic, image_topic=_topics(image_topic),
-            camera_info_topic=_topics(camera_info_topic),
+            source, cameras=parse_cameras(cameras), intensity_scale=cfg.points.intensity_scale,
+            points_topic=points_topic, image_topic=_topics(image_topic), camera_info_topic=_topics(camera_info_topic),
         )
         pipeline = LabelPipeline(cfg)
         with Progress(
@@ -92,6 +95,19 @@ def label(
         console.print(f"[red]frame {index} skipped:[/] {why}")
     if summary.frames_failed:
         raise typer.Exit(1)
+
+
+def parse_cameras(text: str | None) -> list[int] | None:
+    """'2,3' -> [2, 3] (KITTI camera numbers); None when not given."""
+    from ..types import InputError
+
+    names = split_names(text)
+    if not names:
+        return None
+    try:
+        return [int(n) for n in names]
+    except ValueError:
+        raise InputError(f"--cameras expects KITTI camera numbers such as 2,3, got {text!r}") from None
 
 
 def _topics(values: list[str] | None) -> str | list[str] | None:

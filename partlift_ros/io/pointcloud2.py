@@ -11,10 +11,12 @@ and byte order included) and views the buffer through it: no copy, no per-point 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from partlift_ros.points import normalise_intensity, ring_from_fields, ring_from_rows
 from partlift_ros.types import InputError, LabelledCloud
 
 # sensor_msgs/PointField datatype constants.
@@ -131,9 +133,43 @@ def decode_pointcloud2(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(rows).view(dtype).reshape(-1)
 
 
-def cloud_to_points(msg: Any) -> np.ndarray:
-    """(N, 4) float32 x, y, z, intensity (0 when the cloud has no intensity field)."""
+@dataclass
+class Scan:
+    """A decoded cloud as every reader and node hands it on (the rules of ``points.py`` applied)."""
+
+    points: np.ndarray  # (N, 4) float32 x y z and intensity in 0..1; non-finite rows kept in place
+    ring: np.ndarray | None  # (N,) int32 laser index (ring field or organised row), None = unknown
+    layout: tuple[int, int] | None  # (height, width) of an organised cloud, None = unorganised
+
+
+def cloud_to_scan(msg: Any, intensity_scale: str | float = "auto") -> Scan:
+    """Decode a PointCloud2 into a ``Scan``: intensity normalised to 0..1 from its datatype and values,
+    the laser index from a ring-like field or the rows of an organised cloud, every point kept in order."""
     cloud = decode_pointcloud2(msg)
+    points = _xyz_intensity(cloud)
+    names = cloud.dtype.names or ()
+    if "intensity" in names:
+        points[:, 3] = normalise_intensity(cloud["intensity"], cloud.dtype.fields["intensity"][0], intensity_scale)
+    height, width = int(msg.height), int(msg.width)
+    organised = height > 1
+    try:
+        ring = ring_from_fields(cloud)
+    except InputError as exc:
+        raise CloudFormatError("cloud_bad_ring", str(exc)) from None
+    if ring is None and organised:
+        ring = ring_from_rows(height, width)
+    return Scan(points, ring, (height, width) if organised else None)
+
+
+def cloud_to_points(msg: Any) -> np.ndarray:
+    """(N, 4) float32 x, y, z and the raw intensity (0 when the cloud has no intensity field).
+
+    Readers and nodes use ``cloud_to_scan``, which also normalises the intensity.
+    """
+    return _xyz_intensity(decode_pointcloud2(msg))
+
+
+def _xyz_intensity(cloud: np.ndarray) -> np.ndarray:
     names = cloud.dtype.names or ()
     missing = [c for c in ("x", "y", "z") if c not in names]
     if missing:

@@ -137,8 +137,9 @@ class RosbagReader:
     ``camera_info_topic`` then None (each image topic's namespace) or a list of the same length.
     The camera model comes from the CameraInfo nearest in time to the image; the extrinsic from
     ``T_cam_lidar`` (one 4x4, or a list with one 4x4 or None per camera) or else from /tf_static
-    (cloud frame -> image frame). Non-finite points (organised clouds) are dropped.
-    ``Frame.index`` is the cloud's position on its topic.
+    (cloud frame -> image frame). Clouds are decoded by ``pointcloud2.cloud_to_scan`` (the rules of
+    ``points.py``: intensity to 0..1 by ``intensity_scale``, non-finite points kept in place, rings from a
+    ring field or an organised cloud's rows). ``Frame.index`` is the cloud's position on its topic.
     """
 
     def __init__(
@@ -150,8 +151,10 @@ class RosbagReader:
         slop: float = 0.05,
         T_cam_lidar: np.ndarray | Sequence[np.ndarray | None] | None = None,
         compressed: bool | None = None,
+        intensity_scale: str | float = "auto",
     ) -> None:
         self.path = Path(path)
+        self.intensity_scale = intensity_scale
         if not self.path.exists():
             raise InputError(f"bag not found: {self.path}")
         if self.path.is_file() and self.path.suffix not in (".mcap", ".db3"):
@@ -362,14 +365,14 @@ class RosbagReader:
             reader.close()
 
     def _frame(self, reader: Any, index: int, cconn: Any, craw: bytes, images: list[tuple[int, Any, bytes]]) -> Frame:
-        from .pointcloud2 import cloud_to_points
+        from .pointcloud2 import cloud_to_scan
 
         cloud = self._deserialize(reader, craw, cconn)
-        points = cloud_to_points(cloud)
-        points = points[np.isfinite(points).all(axis=1)]
+        scan = cloud_to_scan(cloud, self.intensity_scale)
         cloud_frame = _frame_name(cloud.header.frame_id)
         cameras = [self._camera(reader, cam, iconn, iraw, cloud_frame) for cam, iconn, iraw in images]
-        return Frame(points=points, cameras=cameras, stamp=stamp_of(cloud), index=index, frame_id=cloud_frame)
+        return Frame(points=scan.points, cameras=cameras, stamp=stamp_of(cloud), index=index, frame_id=cloud_frame,
+                     ring=scan.ring, layout=scan.layout)
 
     def _camera(self, reader: Any, cam: int, iconn: Any, iraw: bytes, cloud_frame: str) -> CameraView:
         from .images import decode_any_image
