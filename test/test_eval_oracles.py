@@ -5,85 +5,22 @@
 - The same run with every class moved to the next scores exactly 0, and its ceiling stays 100 (the
   ceiling depends on the superpoints only).
 - A ten-point sequence whose confusion, IoUs, hIoU, accuracy, coverage and ceiling are worked out by hand.
-- The real frames scored by an independent reference that works on class *names* (raw SemanticKITTI
-  ids -> names from semantic-kitti.yaml, run ids -> names from classes.yaml, front view from P2·Tr as
-  SOURCE.md states it), so no id table of the package is involved.
+- Real frames scored by the name-based reference of eval_reference.py, which uses no id table of the package.
+- `--seen-labels` and `eval --student` against the ground truth and against a run of the same predictions.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from partlift_ros.cli import app
+from eval_reference import (
+    RAW_NAMES, RUN_CLASSES, eval_json, frame_numbers, gt_names, invoke, reference_scores, write_run,
+)
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES
-
-# The run's class list: SemanticKITTI's names, reversed, so run id != train id for every class but one.
-RUN_CLASSES = list(reversed(SEMANTIC_KITTI_CLASSES))
-
-# semantic-kitti.yaml's learning_map, by name (the reference; written out here on purpose).
-RAW_NAMES = {
-    10: "car", 11: "bicycle", 13: "other-vehicle", 15: "motorcycle", 16: "other-vehicle", 18: "truck",
-    20: "other-vehicle", 30: "person", 31: "bicyclist", 32: "motorcyclist", 40: "road", 44: "parking",
-    48: "sidewalk", 49: "other-ground", 50: "building", 51: "fence", 60: "road", 70: "vegetation",
-    71: "trunk", 72: "terrain", 80: "pole", 81: "traffic-sign", 252: "car", 253: "bicyclist", 254: "person",
-    255: "motorcyclist", 256: "other-vehicle", 257: "other-vehicle", 258: "truck", 259: "other-vehicle",
-}
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-_NAME_OF_RAW = np.full(1 << 16, "", dtype=object)
-_NAME_OF_RAW[list(RAW_NAMES)] = list(RAW_NAMES.values())
-
-
-def gt_names(raw: np.ndarray) -> np.ndarray:
-    """Per point: its ground-truth class name, or '' where SemanticKITTI ignores it."""
-    return _NAME_OF_RAW[np.asarray(raw, np.uint32) & 0xFFFF]
-
-
-def frame_count(seq: Path) -> list[int]:
-    return sorted(int(p.stem) for p in (seq / "labels").glob("*.label"))
-
-
-def write_run(out: Path, seq: Path, indices, name_of=lambda n: n) -> Path:
-    """A run in the documented format (classes.yaml + labels/NNNNNN.label, class id + 1 in the low 16 bits,
-    superpoint id + 1 in the high 16 bits), written with numpy alone. Each point gets ``name_of`` its
-    ground-truth class; its superpoint is its ground-truth object (class, instance id), so every
-    superpoint is class-pure. Ignored points get neither."""
-    (out / "labels").mkdir(parents=True)
-    (out / "classes.yaml").write_text(yaml.safe_dump({"classes": RUN_CLASSES}))
-    run_id_of_raw = np.zeros(1 << 16, np.uint32)  # 1 + the run id of a raw id's class name, 0 = ignored
-    gt_id_of_raw = np.zeros(1 << 16, np.int64)
-    for raw_id, name in RAW_NAMES.items():
-        run_id_of_raw[raw_id] = RUN_CLASSES.index(name_of(name)) + 1
-        gt_id_of_raw[raw_id] = RUN_CLASSES.index(name) + 1
-    for index in indices:
-        raw = np.fromfile(seq / "labels" / f"{index:06d}.label", dtype="<u4")
-        cls = run_id_of_raw[raw & 0xFFFF]
-        gt = gt_id_of_raw[raw & 0xFFFF]
-        _, obj = np.unique(gt << 16 | (raw >> 16).astype(np.int64), return_inverse=True)
-        sp = np.where(gt > 0, obj.reshape(-1) + 1, 0).astype(np.uint32)
-        assert sp.max() <= 0xFFFF
-        (cls | (sp << 16)).astype("<u4").tofile(out / "labels" / f"{index:06d}.label")
-    return out
-
-
-def eval_json(run: Path, seq: Path, tmp_path: Path, *extra) -> tuple[dict, dict]:
-    """The metrics `partlift eval` writes with --json, and the summary rows it prints ({key: text})."""
-    js = tmp_path / f"{run.name}.json"
-    r = invoke("eval", run, seq, "--json", js, *extra)
-    assert r.exit_code == 0, r.output
-    printed = dict(re.findall(r"^\W*(\w+)\W+([\d.]+|-)\W*$", r.output, flags=re.M))
-    return json.loads(js.read_text()), printed
 
 
 @pytest.fixture(params=["08", "00"])
@@ -92,7 +29,7 @@ def sequence(request, kitti_root) -> Path:
 
 
 def test_ground_truth_as_a_run_scores_exactly_100(sequence, tmp_path):
-    indices = frame_count(sequence)
+    indices = frame_numbers(sequence)
     m, printed = eval_json(write_run(tmp_path / "gt", sequence, indices), sequence, tmp_path)
     assert m["frames"] == len(indices) >= 10
     for key in ("miou_front", "miou_all", "accuracy", "coverage", "ceiling_miou_front", "hiou"):
@@ -109,7 +46,7 @@ def test_ground_truth_as_a_run_scores_exactly_100(sequence, tmp_path):
 
 
 def test_every_class_moved_to_the_next_scores_exactly_0(sequence, tmp_path):
-    indices = frame_count(sequence)[:4]
+    indices = frame_numbers(sequence)[:4]
     nxt = {c: SEMANTIC_KITTI_CLASSES[(i + 1) % len(SEMANTIC_KITTI_CLASSES)] for i, c in enumerate(SEMANTIC_KITTI_CLASSES)}
     m, printed = eval_json(write_run(tmp_path / "shifted", sequence, indices, nxt.get), sequence, tmp_path)
     for key in ("miou_front", "miou_all", "accuracy", "hiou"):
@@ -181,59 +118,11 @@ def test_a_case_worked_out_by_hand(tmp_path):
 
 
 # --------------------------------------------------------------------------------- reference by names
-def front_view(points: np.ndarray, seq: Path) -> np.ndarray:
-    """SOURCE.md's rule: uvw = P2 · Tr · [x y z 1]; in the image when w > 0.1 m and (u, v) inside it."""
-    from PIL import Image
-
-    rows = {}
-    for line in (seq / "calib.txt").read_text().splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            rows[k] = np.array(v.split(), float)
-    Tr = np.vstack([rows["Tr"].reshape(3, 4), [0, 0, 0, 1]])
-    uvw = (rows["P2"].reshape(3, 4) @ Tr @ np.c_[points[:, :3].astype(float), np.ones(len(points))].T).T
-    w = uvw[:, 2]
-    with Image.open(sorted((seq / "image_2").glob("*.png"))[0]) as im:
-        width, height = im.size
-    u, v = uvw[:, 0] / np.where(w > 0, w, 1), uvw[:, 1] / np.where(w > 0, w, 1)
-    return (w > 0.1) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
-
-
-def reference_scores(run: Path, seq: Path) -> dict:
-    """mIoU (front, all), accuracy, coverage from names alone; classes present = TP + FP + FN > 0."""
-    classes = yaml.safe_load((run / "classes.yaml").read_text())["classes"]
-    preds, truths, fronts = [], [], []
-    for path in sorted((run / "labels").glob("*.label")):
-        packed = np.fromfile(path, "<u4")
-        preds.append(np.array([""] + classes, dtype=object)[packed & 0xFFFF])
-        truths.append(gt_names(np.fromfile(seq / "labels" / path.name, "<u4")))
-        points = np.fromfile(seq / "velodyne" / f"{path.stem}.bin", np.float32).reshape(-1, 4)
-        fronts.append(front_view(points, seq))
-    pred, truth, front = np.concatenate(preds), np.concatenate(truths), np.concatenate(fronts)
-
-    def miou(p, t):
-        ious = []
-        for c in SEMANTIC_KITTI_CLASSES:
-            scored = t != ""
-            tp = np.sum((p == c) & (t == c))
-            fp = np.sum((p == c) & (t != c) & scored)
-            fn = np.sum((t == c) & (p != c))
-            if tp + fp + fn:
-                ious.append(tp / (tp + fp + fn))
-        return float(np.mean(ious))
-
-    p, t = pred[front], truth[front]
-    labelled, covered = t != "", (t != "") & (p != "")
-    return {"miou_front": miou(p, t), "miou_all": miou(pred, truth),
-            "accuracy": float(np.sum(covered & (p == t)) / np.sum(covered)),
-            "coverage": float(np.sum(covered) / np.sum(labelled))}
-
-
 def test_reference_by_names_agrees_with_the_oracles(seq08, tmp_path):
     """The reference used by the CLI and student tests gives 100 / 0 on the oracle runs too."""
     nxt = {c: SEMANTIC_KITTI_CLASSES[(i + 1) % 19] for i, c in enumerate(SEMANTIC_KITTI_CLASSES)}
     assert reference_scores(write_run(tmp_path / "gt", seq08, [3]), seq08) == {
-        "miou_front": 1.0, "miou_all": 1.0, "accuracy": 1.0, "coverage": 1.0}
+        "miou_front": 1.0, "miou_all": 1.0, "ceiling_miou_front": 1.0, "accuracy": 1.0, "coverage": 1.0}
     shifted = reference_scores(write_run(tmp_path / "shift", seq08, [3], nxt.get), seq08)
     assert shifted["miou_front"] == shifted["accuracy"] == 0.0
 
@@ -258,3 +147,68 @@ def test_eval_of_a_mixed_run_equals_the_reference(seq08, tmp_path):
     assert 0.1 < ref["miou_front"] < 0.9 and 0.55 < ref["accuracy"] < 0.8 and 0.7 < ref["coverage"] < 0.8
     for key, value in ref.items():
         assert m[key] == pytest.approx(value, abs=1e-12), key
+
+
+# --------------------------------------------------------------------------------- zero-shot (--seen-labels)
+def test_seen_labels_keep_their_class_and_clip_chooses_only_unseen(seq08, tiny_clip_dir, tmp_path):
+    from partlift_ros.config import DEFAULT_UNSEEN
+
+    run = tmp_path / "gzsl"
+    r = invoke("label", seq08, "--out", run, "--clip-model", tiny_clip_dir, "--frames", "0:2",
+               "--seen-labels", seq08 / "labels", "--affinity", "off")
+    assert r.exit_code == 0, r.output
+    classes = yaml.safe_load((run / "classes.yaml").read_text())["classes"]
+    unseen = set(DEFAULT_UNSEEN)
+    from_clip = 0
+    for index in (0, 1):
+        packed = np.fromfile(run / "labels" / f"{index:06d}.label", "<u4")
+        label = np.array([""] + classes, dtype=object)[packed & 0xFFFF]
+        truth = gt_names(np.fromfile(seq08 / "labels" / f"{index:06d}.label", "<u4"))
+        seen = (truth != "") & ~np.isin(truth, list(unseen))
+        # Every point of a seen class carries exactly its ground-truth class, by name.
+        assert seen.sum() > 50_000
+        assert (label[seen] == truth[seen]).all()
+        # The other labelled points were labelled by CLIP, which may only choose unseen classes.
+        clip = ~seen & (label != "")
+        assert set(label[clip]) <= unseen
+        from_clip += int(clip.sum())
+    assert from_clip > 500  # CLIP did label something, so the last check was not vacuous
+    m, _ = eval_json(run, seq08, tmp_path)
+    # CLIP never predicts a seen class and every seen point keeps its class: seen mIoU is exactly 100.
+    assert m["miou_seen_front"] == 1.0 and m["unseen_classes"] == list(DEFAULT_UNSEEN)
+
+
+# --------------------------------------------------------------------------------- eval --student
+def test_eval_student_scores_exactly_what_a_run_of_its_predictions_scores(seq08, tmp_path, one_torch_thread):
+    """`eval --student` writes the student's predictions as a run and scores it. A run holding the same
+    predictions, written by hand, must score the same, and both must match the name-based reference;
+    the student's own training-time evaluation (all points) must agree with `miou_all`."""
+    from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
+
+    from partlift_ros.student.infer import evaluate_on_sequence, load_student, predict
+    from partlift_ros.student.train import TrainConfig, train
+
+    seq = write_thinned_sequence(seq08, tmp_path / "seq" / "08", [0, 1], step=4)
+    pseudo = write_gt_pseudo_label_run(tmp_path / "pseudo", seq, [0, 1])
+    cfg = TrainConfig(epochs=1, batch_size=2, width=8, voxel_size=0.5, max_points=1500, lr=1e-2,
+                      use_2d=False, backend="torch", seed=3)
+    ckpt = train([pseudo], tmp_path / "student", cfg)["checkpoint"]
+
+    m_student, printed = eval_json(tmp_path / "pred", seq, tmp_path, "--student", ckpt)
+    model, classes = load_student(ckpt)
+    by_hand = tmp_path / "by_hand"
+    (by_hand / "labels").mkdir(parents=True)
+    (by_hand / "classes.yaml").write_text(yaml.safe_dump({"classes": list(classes)}))
+    for index in (0, 1):
+        points = np.fromfile(seq / "velodyne" / f"{index:06d}.bin", np.float32).reshape(-1, 4)
+        label, _ = predict(model, points)
+        (label.astype(np.uint32) + 1).astype("<u4").tofile(by_hand / "labels" / f"{index:06d}.label")
+    m_run, _ = eval_json(by_hand, seq, tmp_path)
+
+    ref = reference_scores(by_hand, seq)
+    assert 0.05 < ref["miou_all"] < 0.95  # a half-trained student: neither trivial nor perfect
+    for key in ("miou_front", "miou_all", "accuracy", "coverage"):
+        assert m_student[key] == m_run[key] == pytest.approx(ref[key], abs=1e-12), key
+    assert m_student["per_class"] == m_run["per_class"] and m_student["hiou"] == m_run["hiou"]
+    assert m_student["coverage"] == 1.0 and m_student["ceiling_miou_front"] is None and printed["ceiling_miou_front"] == "-"
+    assert evaluate_on_sequence(model, classes, seq)["miou"] == pytest.approx(m_student["miou_all"], abs=1e-12)
