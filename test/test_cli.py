@@ -70,10 +70,21 @@ def test_eval_reports_the_documented_metrics(labelled_run, seq08, tmp_path):
 
 
 def test_render_writes_a_png(labelled_run, seq08):
+    from PIL import Image
+
+    from partlift_ros.io.kitti import KittiSequenceReader
+    from partlift_ros.io.writers import read_run_classes, read_run_labels
+    from partlift_ros.render_run import render_labels
+
     r = invoke("render", labelled_run, seq08, "--frame", "1")
     assert r.exit_code == 0, r.output
-    png = labelled_run / "render" / "000001.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = np.asarray(Image.open(labelled_run / "render" / "000001.png").convert("RGB"))
+    # The picture of frame 1 (not another frame's, not another run's labels).
+    label, _ = read_run_labels(labelled_run, 1)
+    frame = KittiSequenceReader(seq08).read(1)
+    expected = render_labels(frame, label, read_run_classes(labelled_run), f"labels of {labelled_run.name}, frame 1")
+    np.testing.assert_array_equal(png, expected.image)
+    assert png.shape[1] == 1226 and len(expected.legend) >= 2
 
 
 def test_rerun_resumes_and_skips_finished_frames(labelled_run, seq08, tiny_clip_dir):
@@ -163,18 +174,71 @@ def test_label_rejects_a_clip_folder_that_is_not_clip(tmp_path, seq08):
     assert not (tmp_path / "o" / "labels").exists() or not list((tmp_path / "o" / "labels").iterdir())
 
 
+def demo_summary(out):
+    """demo.json and each picture as an array."""
+    from PIL import Image
+
+    summary = json.loads((out / "demo.json").read_text())
+    images = [np.asarray(Image.open(out / p["png"]).convert("RGB")) for p in summary["pictures"]]
+    return summary, images
+
+
+def check_demo_pictures(summary, images, first_title_starts):
+    from partlift_ros.demo import GT_CAPTION
+
+    assert len(images) == 2
+    for picture, image in zip(summary["pictures"], images):
+        boxes = picture["boxes"]
+        titles = [k.split(" / ")[0] for k in boxes]
+        assert titles[0].startswith(first_title_starts) and titles[1] == GT_CAPTION, titles
+        # One camera, so one overlay per panel, as large as the image.
+        (gt_box,) = [b for k, b in boxes.items() if k.startswith(f"{GT_CAPTION} / ")]
+        x0, y0, x1, y1 = gt_box
+        assert (x1 - x0, y1 - y0) == (1226, 370)
+        # The bird's-eye view is as wide as the picture and its points reach the panel's edges.
+        bev = next(b for k, b in boxes.items() if k.startswith("bird's-eye view"))
+        assert bev[2] - bev[0] == image.shape[1] and bev[3] == image.shape[0]
+        rows, cols = np.nonzero(image[bev[1]:bev[3], bev[0]:bev[2]].any(axis=2))
+        assert max((cols.max() - cols.min()) / (bev[2] - bev[0]), (rows.max() - rows.min()) / (bev[3] - bev[1])) > 0.95
+        assert {"road", "car", "building", "vegetation"} <= set(picture["legend"])
+
+
 def test_demo_without_weights_reports_geometry_only(tmp_path, tokenizer_dir):
     empty = tmp_path / "no-weights"
     empty.mkdir()
     r = invoke("demo", "--out", tmp_path / "demo", "--clip-model", empty)
     assert r.exit_code == 0, r.output
-    assert "No labels" in text(r) and "instance ceiling" in text(r)
-    assert (tmp_path / "demo" / "superpoints_000000.png").is_file()
-    assert not (tmp_path / "demo" / "labels_run").exists()
+    summary, images = demo_summary(tmp_path / "demo")
+    ceiling = 100 * summary["metrics"]["ceiling_miou_front"]
+    assert "No labels" in text(r) and f"front view) {ceiling:.2f}" in text(r)
+    assert 60 < ceiling < 95 and summary["metrics"]["superpoints_per_frame_median"] == 300
+    assert not summary["labelled"] and not (tmp_path / "demo" / "labels_run").exists()
+    check_demo_pictures(summary, images, "300 superpoints")
 
 
-def test_demo_with_a_clip_folder_labels_and_evaluates(tmp_path, tiny_clip_dir):
+def test_demo_with_untrained_clip_says_its_output_is_not_labels(tmp_path, tiny_clip_dir):
+    """The tiny CLIP has random weights: its crop classes agree with the ground truth at chance level,
+    so the demo says so and never presents its output as labels."""
     r = invoke("demo", "--out", tmp_path / "demo", "--clip-model", tiny_clip_dir)
     assert r.exit_code == 0, r.output
-    assert "labels come from CLIP" in text(r)
-    assert (tmp_path / "demo" / "labels_000000.png").is_file()
+    summary, images = demo_summary(tmp_path / "demo")
+    crops = summary["metrics"]["crops"]
+    assert summary["labelled"] and not summary["trusted"]
+    assert crops["count"] > 100 and abs(crops["kappa"]) < 0.2 and abs(crops["accuracy"] - crops["chance"]) < 0.1
+    out = text(r)
+    assert "These are not labels" in out and "chance" in out and "labels come from CLIP" not in out
+    assert f"{100 * crops['accuracy']:.1f} % right on {crops['count']} crops, {100 * crops['chance']:.1f} % by chance" in out
+    assert "mIoU front view" not in out and "pseudo-label accuracy" not in out  # nothing is scored as labels
+    assert sorted(p.name for p in (tmp_path / "demo").glob("*.png")) == ["clip_output_000000.png", "clip_output_000001.png"]
+    check_demo_pictures(summary, images, "CLIP output, NOT labels")
+
+
+def test_crops_beyond_chance_needs_kappa_above_the_threshold():
+    from partlift_ros.demo import MIN_CROP_KAPPA, crops_beyond_chance
+
+    def crops(kappa, count=200):
+        return {"crops": {"count": count, "accuracy": 0.5, "chance": 0.3, "kappa": kappa}}
+
+    assert crops_beyond_chance(crops(MIN_CROP_KAPPA + 0.01))
+    assert not crops_beyond_chance(crops(MIN_CROP_KAPPA - 0.01))
+    assert not crops_beyond_chance(crops(0.9, count=0)) and not crops_beyond_chance({"crops": None})
