@@ -1,33 +1,19 @@
 """Pictures of labelled frames: every camera of the frame is drawn, the bird's-eye view fills its panel,
 `partlift render` reads a bag with several image topics the way the run did.
 
-The two cameras are windows of the real cam2 image of seq 08 (as in test_multicamera.py): ``left`` sees
-columns [0, 800), ``right`` columns [426, 1226).
+The two cameras are test_multicamera.py's: windows of the real cam2 image of seq 08, ``left`` sees columns
+[0, 800), ``right`` columns [426, 1226).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from partlift_ros.cli import app
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES
 from partlift_ros.types import Frame
-from test_multicamera import LEFT_END, SPLIT, _write_rig_bag, window
-
-
-@pytest.fixture(scope="module")
-def two_camera_frames(seq08):
-    from partlift_ros.io.kitti import KittiSequenceReader
-
-    reader = KittiSequenceReader(seq08)
-    out = []
-    for i in range(2):
-        f = reader.read(i)
-        left, right = window(f.camera, 0, LEFT_END, "cam_left"), window(f.camera, SPLIT, 1226, "cam_right")
-        out.append((np.ascontiguousarray(f.points[::2]), left, right))
-    return out
+from test_multicamera import _write_rig_bag, rig  # noqa: F401 - rig: the two-camera frames fixture
 
 
 def labels_by_height(points: np.ndarray) -> np.ndarray:
@@ -35,12 +21,12 @@ def labels_by_height(points: np.ndarray) -> np.ndarray:
     return np.clip(((points[:, 2] + 2.0) / 0.8).astype(np.int32), 0, len(SEMANTIC_KITTI_CLASSES) - 1)
 
 
-def test_every_camera_is_drawn_with_its_own_projection(two_camera_frames):
+def test_every_camera_is_drawn_with_its_own_projection(rig):
     from partlift_ros.calibration import project_points
     from partlift_ros.render import NO_CLASS, class_colours, overlay_image, palette_for
     from partlift_ros.render_run import render_labels
 
-    points, left, right = two_camera_frames[0]
+    points, left, right = rig[0]
     frame = Frame(points, [left, right], frame_id="velodyne")
     label = labels_by_height(points)
     label[::7] = -1
@@ -61,10 +47,10 @@ def test_every_camera_is_drawn_with_its_own_projection(two_camera_frames):
     assert set(picture.legend) == present | {NO_CLASS}
 
 
-def test_birds_eye_view_fills_its_panel(two_camera_frames):
+def test_birds_eye_view_fills_its_panel(rig):
     from partlift_ros.render import bev_image
 
-    points = two_camera_frames[0][0]
+    points = rig[0][0]
     colours = np.full((len(points), 3), 255, np.uint8)
     for width, height in ((1226, 900), (1600, 500), (500, 1200)):
         bev = bev_image(points, colours, width=width, height=height)
@@ -77,7 +63,7 @@ def test_birds_eye_view_fills_its_panel(two_camera_frames):
         assert abs((rows.max() + rows.min()) / 2 / height - 0.5) < 0.1 or spans[1] > 0.95
 
 
-def test_render_draws_both_cameras_of_a_bag_with_two_image_topics(two_camera_frames, tmp_path, tiny_clip_dir):
+def test_render_draws_both_cameras_of_a_bag_with_two_image_topics(rig, tmp_path, tiny_clip_dir):
     """The run recorded its image topics in source.yaml; `partlift render` reads the bag with them (it used
     to refuse a bag with several image topics) and draws both cameras."""
     from PIL import Image
@@ -86,7 +72,7 @@ def test_render_draws_both_cameras_of_a_bag_with_two_image_topics(two_camera_fra
     from partlift_ros.io.writers import read_run_classes, read_run_labels
     from partlift_ros.render_run import render_labels
 
-    bag = _write_rig_bag(tmp_path / "rig.mcap", two_camera_frames, right_stamps=(0.0, 0.0))
+    bag = _write_rig_bag(tmp_path / "rig.mcap", rig, right_stamps=(0.0, 0.0))
     run = tmp_path / "run"
     topics = ("--image-topic", "/left/image_raw", "--image-topic", "/right/image_raw")
     r = CliRunner().invoke(app, ["label", str(bag), "--out", str(run), "--clip-model", str(tiny_clip_dir),
