@@ -2,7 +2,9 @@
 
 Front-view metrics use the points that project into the camera image (the only ones a camera-lifted
 labeller can label); "all" metrics use every labelled point, so points outside the image count as misses.
-hIoU, accuracy and coverage are computed on front-view points.
+hIoU, accuracy and coverage are computed on front-view points. ``crops``: CLIP's class of each superpoint's
+crop (before affinity) against the superpoint's majority ground-truth class, with the chance level and
+Cohen's kappa (metrics.agreement_beyond_chance): it tells trained CLIP weights from untrained ones.
 """
 
 from __future__ import annotations
