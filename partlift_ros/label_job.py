@@ -119,18 +119,11 @@ def _in_range(indices: list[int], frames: slice | None) -> list[int]:
 
 
 def seen_labels_for(labels_dir: Path, index: int, n_points: int, classes: list[str], unseen: list[str]) -> np.ndarray:
-    """Ground-truth ids of the seen classes (zero-shot setting); unseen and unlabelled points -> IGNORE."""
-    from .config import SEMANTIC_KITTI_CLASSES
-    from .semantickitti import map_raw_labels, read_label_file
+    """Run class ids of the seen classes from the ground truth (zero-shot setting); unseen and unlabelled -> IGNORE."""
+    from .semantickitti import read_train_ids, train_to_run_ids
 
-    path = labels_dir / f"{index:06d}.label"
-    raw = read_label_file(path, n_points)
-    kitti = map_raw_labels(raw)  # 0..18 in SEMANTIC_KITTI_CLASSES order, IGNORE for unlabelled
-    to_run = np.full(len(SEMANTIC_KITTI_CLASSES) + 1, IGNORE, dtype=np.int32)
-    for k, name in enumerate(SEMANTIC_KITTI_CLASSES):
-        if name in classes and name not in unseen:
-            to_run[k] = classes.index(name)
-    return to_run[np.where(kitti >= 0, kitti, len(SEMANTIC_KITTI_CLASSES))]
+    train = read_train_ids(labels_dir / f"{index:06d}.label", n_points)
+    return train_to_run_ids(train, classes, only=[c for c in classes if c not in unseen])
 
 
 @dataclass

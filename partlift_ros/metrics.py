@@ -172,3 +172,26 @@ class ConfusionAccumulator:
         if len(unseen):
             out.update({f"{k}_miou" if k != "hiou" else k: v for k, v in self.hiou(unseen).items()})
         return out
+
+
+def agreement_beyond_chance(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Accuracy of ``pred`` against ``gt``, the accuracy chance would give, and Cohen's kappa.
+
+    chance = Σ_k p_pred(k)·p_gt(k): the expected accuracy of predictions drawn independently of the
+    input with the same class frequencies (a model that always answers "road" scores the share of
+    road, not 1/C). kappa = (accuracy − chance) / (1 − chance): 0 at chance, 1 when perfect.
+    Items whose GT is IGNORE are left out; a prediction of IGNORE counts as wrong.
+    """
+    pred, gt = _check_pair(pred, gt)
+    keep = (gt >= 0) & (gt < num_classes)
+    pred, gt = pred[keep], gt[keep]
+    n = int(gt.size)
+    if n == 0:
+        return {"count": 0, "accuracy": float("nan"), "chance": float("nan"), "kappa": float("nan")}
+    accuracy = float((pred == gt).mean())
+    p_gt = np.bincount(gt, minlength=num_classes)[:num_classes] / n
+    valid = (pred >= 0) & (pred < num_classes)
+    p_pred = np.bincount(pred[valid], minlength=num_classes)[:num_classes] / n
+    chance = float(p_pred @ p_gt)
+    kappa = (accuracy - chance) / (1 - chance) if chance < 1 else float("nan")
+    return {"count": n, "accuracy": accuracy, "chance": chance, "kappa": float(kappa)}

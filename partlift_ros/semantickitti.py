@@ -1,5 +1,9 @@
 """SemanticKITTI label conventions: raw ids -> the 19 training classes, colours, .label reading.
 
+Id spaces: *raw* ids are what ``.label`` files hold (e.g. 10 car, 40 road, 252 moving car); *train* ids
+are 0..18 in ``SEMANTIC_KITTI_CLASSES`` order; *run* class ids index a run's own ``classes.yaml``.
+``raw_to_train_ids``, ``train_to_run_ids`` and ``run_to_train_ids`` are the only conversions; names say which space they return.
+
 The mapping is the standard ``learning_map`` of semantic-kitti.yaml, shifted to 0-based ids in the
 order of ``config.SEMANTIC_KITTI_CLASSES``; unlabeled, outlier, other-structure and other-object
 become ``IGNORE`` (-1), and the moving classes (252-259) fold onto their static counterparts.
@@ -58,6 +62,8 @@ LEARNING_MAP: dict[int, int] = {
     raw: (IGNORE if name is None else SEMANTIC_KITTI_CLASSES.index(name)) for raw, name in RAW_TO_NAME.items()
 }
 
+IGNORE_SLOT = len(SEMANTIC_KITTI_CLASSES)  # the last row of the lookup tables below holds IGNORE
+
 # The usual SemanticKITTI colours (semantic-kitti.yaml lists BGR; these are RGB), row i = class i.
 PALETTE = np.array(
     [
@@ -91,12 +97,54 @@ for _raw, _cls in LEARNING_MAP.items():
     _LUT[_raw] = _cls
 
 
-def map_raw_labels(raw: np.ndarray) -> np.ndarray:
-    """uint32 SemanticKITTI labels (instance << 16 | semantic) -> (N,) int32 train ids, -1 = ignore."""
+def raw_to_train_ids(raw: np.ndarray) -> np.ndarray:
+    """uint32 SemanticKITTI labels (instance << 16 | raw semantic id) -> (N,) int32 train ids, -1 = ignore.
+
+    The only raw -> train conversion: call it once, on what a ``.label`` file or a reader's
+    ``read_labels`` holds, never on train ids (train id 10 would be read as raw 10, "car").
+    """
     raw = np.asarray(raw)
-    if raw.dtype.kind not in "ui":
-        raise InputError(f"raw labels must be integers, got dtype {raw.dtype}")
+    if raw.dtype.kind != "u":
+        # Train ids are signed (IGNORE = -1); raw labels are uint32 as stored. Refusing signed input
+        # stops a second conversion, which would silently turn train ids into other classes.
+        raise InputError(f"raw labels must be unsigned integers (uint32 as in .label files), got dtype {raw.dtype}")
     return _LUT[(raw.astype(np.uint32) & 0xFFFF).astype(np.int64)]
+
+
+def train_to_run_ids(train: np.ndarray, class_names: list[str], only: list[str] | None = None) -> np.ndarray:
+    """(N,) train ids -> (N,) int32 ids into ``class_names`` (a run's classes), matched by name.
+
+    Train classes missing from ``class_names`` (or from ``only`` when given) and IGNORE become IGNORE.
+    """
+    table = np.full(IGNORE_SLOT + 1, IGNORE, dtype=np.int32)
+    for k, name in enumerate(SEMANTIC_KITTI_CLASSES):
+        if name in class_names and (only is None or name in only):
+            table[k] = class_names.index(name)
+    train = np.asarray(train)
+    return table[np.where((train >= 0) & (train < IGNORE_SLOT), train, IGNORE_SLOT)]
+
+
+def run_to_train_ids(run: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """(N,) ids into ``class_names`` (IGNORE = -1) -> (N,) int32 train ids, matched by name.
+
+    Raises InputError for a class without a SemanticKITTI counterpart: such a run cannot be scored.
+    """
+    unknown = [c for c in class_names if c not in SEMANTIC_KITTI_CLASSES]
+    if unknown:
+        raise InputError(
+            f"classes {unknown} have no SemanticKITTI counterpart; evaluation needs names from {SEMANTIC_KITTI_CLASSES}"
+        )
+    table = np.array([SEMANTIC_KITTI_CLASSES.index(c) for c in class_names] + [IGNORE], dtype=np.int32)
+    run = np.asarray(run)
+    return table[np.where((run >= 0) & (run < len(class_names)), run, len(class_names))]
+
+
+def map_raw_labels(raw: np.ndarray) -> np.ndarray:
+    """Deprecated name of :func:`raw_to_train_ids`."""
+    import warnings
+
+    warnings.warn("map_raw_labels is now raw_to_train_ids", DeprecationWarning, stacklevel=2)
+    return raw_to_train_ids(raw)
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -109,8 +157,8 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_label_file(path: str | os.PathLike, n_points: int) -> np.ndarray:
-    """Read a ``.label`` file and return (n_points,) int32 train ids (-1 = ignore).
+def read_raw_labels(path: str | os.PathLike, n_points: int) -> np.ndarray:
+    """Read a ``.label`` file: (n_points,) uint32 raw SemanticKITTI labels (instance << 16 | semantic id).
 
     Raises InputError when the file is missing, truncated, or does not hold one label per point.
     """
@@ -122,4 +170,17 @@ def read_label_file(path: str | os.PathLike, n_points: int) -> np.ndarray:
         raise InputError(f"{path}: size {size} bytes is not a multiple of 4 (uint32 labels); file is truncated")
     if size // 4 != n_points:
         raise InputError(f"{path}: has {size // 4} labels but the scan has {n_points} points")
-    return map_raw_labels(np.fromfile(path, dtype=np.uint32))
+    return np.fromfile(path, dtype="<u4")
+
+
+def read_train_ids(path: str | os.PathLike, n_points: int) -> np.ndarray:
+    """Read a ``.label`` file: (n_points,) int32 train ids (0..18 in SEMANTIC_KITTI_CLASSES order, -1 = ignore)."""
+    return raw_to_train_ids(read_raw_labels(path, n_points))
+
+
+def read_label_file(path: str | os.PathLike, n_points: int) -> np.ndarray:
+    """Deprecated name of :func:`read_train_ids` (it returns train ids, not raw labels)."""
+    import warnings
+
+    warnings.warn("read_label_file is now read_train_ids", DeprecationWarning, stacklevel=2)
+    return read_train_ids(path, n_points)

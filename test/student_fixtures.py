@@ -18,7 +18,7 @@ from partlift_ros.calibration import project_points
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, PipelineConfig
 from partlift_ros.io.kitti import KittiSequenceReader
 from partlift_ros.io.writers import LabelRunWriter, encode_labels, read_run_labels
-from partlift_ros.semantickitti import map_raw_labels
+from partlift_ros.semantickitti import raw_to_train_ids
 from partlift_ros.types import IGNORE, LabelledCloud
 
 
@@ -38,7 +38,7 @@ def write_gt_pseudo_label_run(out: Path, sequence_dir: Path, indices, confidence
     writer = LabelRunWriter(out, classes, PipelineConfig())
     for index in indices:
         frame = reader.read(position[index])
-        label = map_raw_labels(reader.read_labels(index)).astype(np.int32)
+        label = raw_to_train_ids(reader.read_labels(index)).astype(np.int32)
         unit = grid_units(frame.points, label)
         m = int(unit.max()) + 1
         cam = frame.camera

@@ -24,7 +24,7 @@ from partlift_ros.clustering import (
 )
 from partlift_ros.config import ClusteringConfig, ConfigError, PipelineConfig, VisibilityConfig
 from partlift_ros.metrics import confusion_matrix, instance_ceiling, mean_iou
-from partlift_ros.semantickitti import read_label_file
+from partlift_ros.semantickitti import read_train_ids
 from partlift_ros.types import IGNORE, InputError
 from partlift_ros.visibility import compute_superpixels, superpixel_min_depth, visible_mask
 
@@ -318,7 +318,7 @@ def _real_frame(seq08, name="000000"):
     import cv2
 
     points = np.fromfile(seq08 / "velodyne" / f"{name}.bin", dtype=np.float32).reshape(-1, 4)
-    labels = read_label_file(seq08 / "labels" / f"{name}.label", len(points))
+    labels = read_train_ids(seq08 / "labels" / f"{name}.label", len(points))
     image = cv2.cvtColor(cv2.imread(str(seq08 / "image_2" / f"{name}.png")), cv2.COLOR_BGR2RGB)
     calib = parse_kitti_calib(seq08 / "calib.txt")
     proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))

@@ -132,10 +132,10 @@ def test_real_frame_ground_classes_gain_from_image_regions(seq08):
     import cv2
 
     from partlift_ros.calibration import parse_kitti_calib, project_points
-    from partlift_ros.semantickitti import read_label_file
+    from partlift_ros.semantickitti import read_train_ids
     name = "000003"
     points = np.fromfile(seq08 / "velodyne" / f"{name}.bin", dtype=np.float32).reshape(-1, 4)
-    labels = read_label_file(seq08 / "labels" / f"{name}.label", len(points))
+    labels = read_train_ids(seq08 / "labels" / f"{name}.label", len(points))
     image = cv2.cvtColor(cv2.imread(str(seq08 / "image_2" / f"{name}.png")), cv2.COLOR_BGR2RGB)
     calib = parse_kitti_calib(seq08 / "calib.txt")
     proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))

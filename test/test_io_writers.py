@@ -92,12 +92,86 @@ def test_failed_write_leaves_no_label_and_no_partial_file(tmp_path, monkeypatch)
     def boom(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(w.np, "savez_compressed", boom)  # dies while building the .npz
+    monkeypatch.setattr(w.np, "savez_compressed", boom)  # dies while building the .npz, before any file
     with pytest.raises(OSError):
         writer.write(labelled(index=1))
     assert not writer.done(1)
     assert not (tmp_path / "labels" / "000001.label").exists()
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+class _DiskFillsUp:
+    """A file object from os.fdopen whose write stores half the bytes, then fails as a full disk does."""
+
+    def __init__(self, fh, written: list):
+        self.fh, self.written = fh, written
+
+    def write(self, data):
+        import errno
+
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        self.written.append(os.fstat(self.fh.fileno()).st_size)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["npz", "label"])
+def test_disk_full_inside_the_real_write_leaves_no_partial_file(tmp_path, monkeypatch, target):
+    """The temp file exists and holds part of the data when the disk fills up: it is removed, the frame is
+    not done, and a file the failed write would have replaced keeps its bytes."""
+    from partlift_ros.io.writers import frame_path
+
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    writer.write(labelled(index=3, seed=1))
+    path_of = {"npz": frame_path, "label": label_path}[target]
+    before = _files(tmp_path)
+    real_fdopen, partial = os.fdopen, []
+
+    def fdopen(fd, *a, **k):
+        fh = real_fdopen(fd, *a, **k)
+        failing = os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and f".{target}." in os.readlink(f"/proc/self/fd/{fd}")
+        return _DiskFillsUp(fh, partial) if failing else fh
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    for index in (5, 3):  # a new frame, and over a finished one
+        with pytest.raises(OSError, match="No space left"):
+            writer.write(labelled(index=index, seed=2))
+    monkeypatch.setattr(os, "fdopen", real_fdopen)
+    assert len(partial) == 2 and min(partial) > 0  # the failure came after bytes reached the temp file
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not writer.done(5) and not path_of(tmp_path, 5).exists()
+    assert path_of(tmp_path, 3).read_bytes() == before[path_of(tmp_path, 3).relative_to(tmp_path)]
+    # The .label goes last, so a failed .npz leaves nothing of frame 5 at all.
+    if target == "npz":
+        assert _files(tmp_path) == before
+
+
+def test_rename_refused_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
+    before = _files(tmp_path)
+    real_replace = os.replace
+
+    def refuse(src, dst, *a, **k):
+        assert os.path.getsize(src) > 0
+        raise PermissionError(errno.EACCES, "Permission denied", str(dst))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        writer.write(labelled(index=2))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert _files(tmp_path) == before and not writer.done(2)
 
 
 def test_resume_with_same_classes_keeps_done_frames(tmp_path):

@@ -122,12 +122,12 @@ def gt_run(tmp_path_factory, thin_seq):
 
 
 def test_dataset_reads_pseudo_labels_confidence_and_pixels(gt_run, seq08):
-    from partlift_ros.semantickitti import map_raw_labels
+    from partlift_ros.semantickitti import raw_to_train_ids
 
     ds = PseudoLabelDataset([gt_run], load_images=True)
     assert len(ds) == 2 and ds.class_names[0] == "car" and ds.text_embeddings.shape == (19, 16)
     s = ds[1]
-    gt = map_raw_labels(np.fromfile(seq08 / "labels" / "000001.label", np.uint32))[::4]
+    gt = raw_to_train_ids(np.fromfile(seq08 / "labels" / "000001.label", np.uint32))[::4]
     np.testing.assert_array_equal(s["segment"], gt)
     assert np.allclose(s["weight"], np.where(gt >= 0, 0.9, 0.0))
     assert s["image"].shape == (370, 1226, 3)

@@ -30,12 +30,30 @@ def demo(
         result = run_demo(out, cfg)
     m = result.metrics
     if result.labelled:
-        console.print(f"[bold green]labels come from CLIP[/] {result.clip_model} lifted to 3D (affinity on).")
-        console.print(
-            f"mIoU front view {100 * (m['miou_front'] or 0):.2f}, pseudo-label accuracy "
-            f"{100 * (m['accuracy'] or 0):.2f}, coverage {100 * (m['coverage'] or 0):.2f}, "
-            f"instance ceiling {100 * (m['ceiling_miou_front'] or 0):.2f}"
+        crops = m.get("crops") or {"count": 0, "accuracy": float("nan"), "chance": float("nan"), "kappa": float("nan")}
+        check = (
+            f"CLIP's class of each superpoint's crop against the superpoint's majority ground-truth class: "
+            f"{100 * crops['accuracy']:.1f} % right on {crops['count']} crops, {100 * crops['chance']:.1f} % by chance "
+            f"(kappa {crops['kappa']:.2f})."
         )
+        if result.trusted:
+            console.print(f"[bold green]labels come from CLIP[/] {result.clip_model} lifted to 3D (affinity on).")
+            console.print(check)
+            console.print(
+                f"mIoU front view {pct(m['miou_front'])}, pseudo-label accuracy {pct(m['accuracy'])}, "
+                f"coverage {pct(m['coverage'])}, instance ceiling {pct(m['ceiling_miou_front'])}"
+            )
+        else:
+            console.print(
+                f"[bold red]These are not labels:[/] {check}\n"
+                f"That is chance level: the weights in {result.clip_model!r} look untrained, or do not match the "
+                "model or tokenizer. The pictures show CLIP's output only to make that visible; nothing was scored as labels.\n"
+                "Use real CLIP weights: partlift demo --download (fetches openai/clip-vit-base-patch32) or --clip-model PATH."
+            )
+            console.print(
+                f"instance ceiling (mIoU if every superpoint took its majority ground-truth class, front view) "
+                f"{pct(m['ceiling_miou_front'])}"
+            )
     else:
         console.print(
             f"[bold yellow]No labels:[/] CLIP weights for {result.clip_model!r} could not be loaded "
@@ -45,8 +63,12 @@ def demo(
         )
         console.print(
             f"superpoints per frame (median) {m['superpoints_per_frame_median']:.0f}; instance ceiling "
-            f"(mIoU if every superpoint took its majority ground-truth class, front view) {100 * m['ceiling_miou_front']:.2f}"
+            f"(mIoU if every superpoint took its majority ground-truth class, front view) {pct(m['ceiling_miou_front'])}"
         )
         console.print("To label: partlift demo --download (fetches openai/clip-vit-base-patch32) or --clip-model PATH.")
     for p in result.pngs:
         console.print(f"wrote {p}")
+
+
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"

@@ -53,3 +53,9 @@ def evaluate(
         summary.add_row(key, pct(result[key]))
     summary.add_row("superpoints_per_frame_median", f"{result['superpoints_per_frame_median']:.0f}")
     console.print(summary)
+    crops = result["crops"]
+    if crops and crops["count"]:
+        console.print(
+            f"CLIP crops (before affinity) against each superpoint's majority class: {100 * crops['accuracy']:.1f} % "
+            f"right on {crops['count']}, {100 * crops['chance']:.1f} % by chance (kappa {crops['kappa']:.2f})"
+        )

@@ -1,4 +1,4 @@
-"""`partlift render`: PNGs of a labelled frame (camera overlay + bird's-eye view)."""
+"""`partlift render`: PNGs of a labelled frame (every camera's overlay + bird's-eye view)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def render(
     frame: int = typer.Option(..., "--frame", "-f", help="Frame number."),
     png: Optional[Path] = typer.Option(None, "--png", help="Output PNG (default OUT/render/NNNNNN.png)."),
 ) -> None:
-    """Draw the labelled points over the camera image and a bird's-eye view coloured by class."""
+    """Draw the labelled points over every camera's image and a bird's-eye view, coloured by class.
+
+    A bag is read with the topics the run recorded in OUT/source.yaml (several image topics too)."""
     from ..render_run import render_run_frame
 
     with reported_errors():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..types import IGNORE, InputError
+from ..types import InputError
 from .data import collate, eval_transform, make_sample, rotate_z, to_device
 
 
@@ -90,37 +90,25 @@ def predict(model, points: np.ndarray, voxel_size: float | None = None, tta_rota
     return probs.argmax(axis=1).astype(np.int32), probs.max(axis=1).astype(np.float32)
 
 
-def kitti_to_run_ids(class_names: list[str]) -> np.ndarray:
-    """Lookup table: SemanticKITTI train id (0..18, and the last row for IGNORE) -> run class id or IGNORE."""
-    from ..config import SEMANTIC_KITTI_CLASSES
-
-    table = np.full(len(SEMANTIC_KITTI_CLASSES) + 1, IGNORE, dtype=np.int64)
-    for k, name in enumerate(SEMANTIC_KITTI_CLASSES):
-        if name in class_names:
-            table[k] = class_names.index(name)
-    if (table[:-1] == IGNORE).all():
-        raise InputError(f"none of the classes {class_names} is a SemanticKITTI class: nothing to evaluate")
-    return table
-
-
 def evaluate_on_sequence(model, class_names: list[str], sequence_dir: str | Path, voxel_size: float | None = None,
                          tta_rotations: int = 0, max_frames: int = 0, progress=None) -> dict:
     """mIoU etc. of the student on a SemanticKITTI sequence folder with ``labels/`` (classes matched by name).
 
     Ground-truth classes the student does not know are ignored. ``progress(done, total)`` is called per frame.
     """
+    from ..config import SEMANTIC_KITTI_CLASSES
     from ..io.kitti import KittiSequenceReader, read_scan
     from ..metrics import ConfusionAccumulator
-    from ..semantickitti import map_raw_labels
+    from ..semantickitti import raw_to_train_ids, train_to_run_ids
 
     reader = KittiSequenceReader(sequence_dir, load_labels=True)
     indices = reader.frame_indices[:max_frames] if max_frames > 0 else reader.frame_indices
-    table = kitti_to_run_ids(class_names)
+    if not set(class_names) & set(SEMANTIC_KITTI_CLASSES):
+        raise InputError(f"none of the classes {class_names} is a SemanticKITTI class: nothing to evaluate")
     acc = ConfusionAccumulator(len(class_names))
     for done, index in enumerate(indices, 1):
         points = read_scan(Path(sequence_dir) / "velodyne" / f"{index:06d}.bin")
-        kitti = map_raw_labels(reader.read_labels(index)).astype(np.int64)
-        gt = table[np.where(kitti >= 0, kitti, len(table) - 1)]
+        gt = train_to_run_ids(raw_to_train_ids(reader.read_labels(index)), class_names)
         labels, _ = predict(model, points, voxel_size, tta_rotations)
         acc.add(labels, gt)
         if progress is not None:
