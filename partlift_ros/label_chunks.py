@@ -18,6 +18,12 @@ state an uninterrupted run had, without decoding what it does not need:
 
 A frame that failed before (a corrupt message) is tried again; if it still fails, the blocks are those
 of an uninterrupted run.
+
+Labelling a source in pieces (several processes, issue 15): the driver calls
+``label_run.prepare_label_job`` and ``start_label_run`` once per source (checks, fingerprint, metadata);
+any worker then labels one chunk of ``job.chunks`` with ``label_chunk(pipeline, job.source, chunk,
+LabelRunWriter(job.out_dir, cfg.classes, cfg))`` and its own ``LabelPipeline(cfg)``. ``job.source`` holds
+no open file (a bag's first-pass index is plain arrays), so it can be shipped to the worker as it is.
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@
    ``--frames`` (an empty selection is an error), checks OUT: a new or empty folder starts a run; a run
    whose fingerprint (``run_fingerprint.py``) equals this invocation's is resumed; any difference, an
    older run without a fingerprint or a folder that is not a run is refused unless ``overwrite``
-   (never for a folder that is not a run). Writes nothing.
-2. ``start_label_run``: loads CLIP, checks the weights' content against the run's, and writes the run's
-   metadata. A new run is assembled in a temporary folder beside OUT and moved into place only then, so a
-   good run is replaced only by one that has started correctly.
+   (never for a folder that is not a run). The CLIP files of a local folder or a cached hub model are
+   compared here too. Writes nothing.
+2. ``start_label_run``: loads CLIP, compares its files when that was not possible before (a hub id fetched
+   now, a model built in code), and writes the run's metadata. A new run is assembled in a temporary
+   folder beside OUT and moved into place only then, so a good run is replaced only by one that has
+   started correctly.
 3. ``execute_label_job``: labels chunk by chunk (``label_chunks.py``), then writes the labelled bag
    (every labelled frame in the range, read back from OUT) when one was asked for.
 """
@@ -27,7 +29,9 @@ import yaml
 from .config import PipelineConfig, atomic_write_bytes, atomic_write_text, umask
 from .label_chunks import chunk_conflicts, label_chunk, split_chunks
 from .label_job import FrameSource, SourceSpec, frames_in_range, open_frame_source, seen_labels_for
-from .run_fingerprint import FINGERPRINT_FILE, fingerprint_differences, read_fingerprint, run_fingerprint
+from .run_fingerprint import (
+    FINGERPRINT_FILE, clip_files, fingerprint_differences, read_fingerprint, run_fingerprint, write_fingerprint,
+)
 from .types import InputError
 
 OVERWRITE_HINT = "pass --overwrite to label afresh (the old run is replaced once the new one has started)"
@@ -93,9 +97,11 @@ def prepare_label_job(
     source = open_frame_source(spec)
     indices = frames_in_range(source, frames, spec.path)
     fingerprint = run_fingerprint(cfg, spec.to_dict(), None if seen_labels_dir is None else str(seen_labels_dir))
-    previous = None
-    if state == "run" and not overwrite:
-        previous = read_fingerprint(out_dir)
+    previous = read_fingerprint(out_dir) if state == "run" and not overwrite else None
+    files = clip_files(cfg.clip, (previous or {}).get("clip_files"))
+    if any(name.startswith("model/") for name in files):  # a local folder or a cached hub model: check it now
+        fingerprint["clip_files"] = files
+    if previous is not None:
         diffs = fingerprint_differences(previous, fingerprint)
         if diffs:
             raise InputError(f"{out_dir} holds a run labelled differently:\n  " + "\n  ".join(diffs) +
@@ -138,12 +144,12 @@ def _run_state(out_dir: Path) -> str:
 def start_label_run(pipeline, job: LabelJob) -> None:
     """Load CLIP, check its files against the run's (resume) and write the run's metadata (see module doc)."""
     from .io.writers import LabelRunWriter
-    from .run_fingerprint import clip_files, write_fingerprint
 
     cfg = pipeline.cfg
     text_embeddings = pipeline.text_embeddings()  # loads CLIP: a bad model fails here, before anything is written
-    known = (job.previous or {}).get("clip_files")
-    job.fingerprint["clip_files"] = clip_files(cfg.clip, known, model=pipeline.labeler.model)
+    if "clip_files" not in job.fingerprint:  # a hub id fetched just now, or a model built in code
+        known = (job.previous or {}).get("clip_files")
+        job.fingerprint["clip_files"] = clip_files(cfg.clip, known, model=pipeline.labeler.model)
     if job.previous is not None:
         diffs = fingerprint_differences(job.previous, job.fingerprint)
         if diffs:

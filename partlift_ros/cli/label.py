@@ -78,7 +78,7 @@ def label(
         pipeline = LabelPipeline(cfg)
         summary = JobSummary()
         try:
-            if todo or write_bag is not None:
+            if todo:  # a finished run needs no model (its labelled bag is read back from OUT)
                 with console.status(f"loading CLIP {cfg.clip.model}"):
                     start_label_run(pipeline, job)
             with _progress_bar() as progress:
