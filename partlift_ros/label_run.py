@@ -93,6 +93,9 @@ def prepare_label_job(
     if bag_out is not None:
         from .io.bag_writer import check_bag_output
 
+        if Path(bag_out).exists() and not overwrite:
+            raise InputError(f"--write-bag {bag_out} exists already: choose another path, or pass --overwrite to "
+                             "replace it (this also labels OUT afresh)")
         bag_out = check_bag_output(bag_out, overwrite)
     source = open_frame_source(spec)
     indices = frames_in_range(source, frames, spec.path)

@@ -23,23 +23,23 @@ def bag_clouds(path):
 def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, seq08, tiny_clip_dir, monkeypatch, mode):
     from partlift_ros.io import writers
 
-    config = write_config(tmp_path / "quick.yaml", chunk_frames=3)  # chunks: frames 0-2 and 3-4
+    config = write_config(tmp_path / "quick.yaml", chunk_frames=3)  # chunks: frames 0-2 and 3
 
     def label(out):
         return invoke("label", seq08, "--out", out, "--clip-model", tiny_clip_dir, "--config", config,
-                      "--frames", "0:5", "--affinity", mode, "--write-bag", out.parent / f"{out.name}.mcap")
+                      "--frames", "0:4", "--affinity", mode, "--write-bag", out.parent / f"{out.name}.mcap")
 
     ref = tmp_path / "ref"
     r = label(ref)
     assert r.exit_code == 0, r.output
-    blocks = [tuple(np.load(ref / "frames" / f"{i:06d}.npz")["block"].tolist()) for i in range(5)]
+    blocks = [tuple(np.load(ref / "frames" / f"{i:06d}.npz")["block"].tolist()) for i in range(4)]
     if mode == "offline":
         # Die while writing the second frame of a block: its first frame is written, the block is cut.
         cut = next(b for b in blocks if len(b) >= 2)
         die_at = cut[1]
         assert set(blocks[cut[0]]) == set(cut)
     else:
-        assert blocks == [(i,) for i in range(5)]
+        assert blocks == [(i,) for i in range(4)]
         die_at = 2  # frames 0 and 1 written; frame 2 needs both as context
     real_write = writers.LabelRunWriter.write
 
@@ -61,7 +61,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, seq0
     assert r.exit_code == 0, r.output
     assert f"{die_at} already done (resuming)" in text(r)
     assert run_files(run) == run_files(ref)  # every .label and every .npz array, byte for byte
-    assert bag_clouds(tmp_path / "run.mcap") == bag_clouds(tmp_path / "ref.mcap")  # all five frames
+    assert bag_clouds(tmp_path / "run.mcap") == bag_clouds(tmp_path / "ref.mcap")  # all four frames
 
 
 def test_chunks_are_cut_at_fixed_frame_numbers():
