@@ -134,6 +134,16 @@ class SamConfig:
 
 
 @dataclass
+class JobConfig:
+    """Offline labelling jobs (``partlift label``)."""
+
+    # A source is labelled in chunks of this many frame numbers ([0, n), [n, 2n), ...): the affinity context
+    # (offline block queue, online window) starts afresh at every chunk, so a chunk's labels do not depend on
+    # any other chunk, a resumed run equals an uninterrupted one and chunks can be labelled apart (0 = one chunk).
+    chunk_frames: int = 100
+
+
+@dataclass
 class PipelineConfig:
     classes: list[str] = field(default_factory=lambda: list(SEMANTIC_KITTI_CLASSES))
     # Generalized zero-shot: CLIP chooses among these only (empty = all classes).
@@ -144,6 +154,7 @@ class PipelineConfig:
     clip: ClipConfig = field(default_factory=ClipConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     sam: SamConfig = field(default_factory=SamConfig)
+    job: JobConfig = field(default_factory=JobConfig)
     seed: int = 0
 
     def validate(self) -> None:
@@ -184,6 +195,8 @@ class PipelineConfig:
             raise ConfigError(f"clustering.rough_cut_window: need >= 1 point, got {c.rough_cut_window}")
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
+        if self.job.chunk_frames < 0:
+            raise ConfigError(f"job.chunk_frames: expected >= 0 frames (0 = one chunk), got {self.job.chunk_frames}")
         if self.sam.box_batch_size < 1 or not 0.0 <= self.sam.min_point_fraction <= 1.0:
             raise ConfigError("sam: box_batch_size must be >= 1 and min_point_fraction in [0, 1]")
 
@@ -286,14 +299,35 @@ def dump_config(cfg: PipelineConfig, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+def umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets under the umask (0o666 & ~umask), as ``open()`` would give it."""
+    return 0o666 & ~umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file.
+
+    The file gets the user's umask (mkstemp alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            os.fchmod(fh.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

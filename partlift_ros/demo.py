@@ -59,7 +59,7 @@ def run_demo(out_dir: Path, cfg: PipelineConfig, labeler=None) -> DemoResult:
     except Exception as exc:  # noqa: BLE001 - any load failure means: no labels, geometry only
         return _geometry_only(out_dir, pipeline, seq, cfg.clip.model, f"{type(exc).__name__}: {exc}")
     run_dir = out_dir / "labels_run"
-    run_label_job(pipeline, SourceSpec("kitti", str(seq)), run_dir)
+    run_label_job(pipeline, SourceSpec("kitti", str(seq)), run_dir, overwrite=True)  # the demo's scratch run
     from .evaluation import evaluate_run
     from .io.kitti import KittiSequenceReader
     from .io.writers import read_run_classes, read_run_labels

@@ -1,21 +1,20 @@
-"""The offline labelling job behind ``partlift label``: a reader, the pipeline, the writers.
+"""The offline labelling job behind ``partlift label``: its sources (what to read) and its entry point.
 
-Resumable: frames whose outputs exist are skipped, everything is written atomically, and the
-resolved config, class list, text embeddings and source description sit beside the results.
+``run_label_job`` = ``label_run.prepare_label_job`` (checks without a model) + ``start_label_run`` (loads
+CLIP, writes the run's metadata) + ``execute_label_job`` (labels chunk by chunk, ``label_chunks.py``).
+Resumable: frames whose outputs exist are skipped, everything is written atomically, and the resolved
+config, class list, text embeddings, source description and run fingerprint sit beside the results.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .config import PipelineConfig, atomic_write_bytes, atomic_write_text
-from .types import IGNORE, Frame, InputError, LabelledCloud
+from .types import IGNORE, Frame, InputError
 
 
 @dataclass
@@ -52,6 +51,9 @@ def detect_source(
         if cameras is not None:
             raise InputError("--cameras picks KITTI cameras; for a bag give one --image-topic per camera")
         return SourceSpec("rosbag", str(p.resolve()), intensity_scale=str(intensity_scale), **bag_options)
+    if p.suffix == ".bag":
+        raise InputError(f"{p}: a ROS 1 bag; partlift reads rosbag2 (.mcap, .db3 or a bag folder): convert it with "
+                         "`rosbags-convert`")
     raise InputError(
         f"{p}: not a SemanticKITTI sequence folder (needs velodyne/, image_2/, calib.txt) "
         "nor a rosbag2 (.mcap, .db3 or a folder with metadata.yaml)"
@@ -59,27 +61,96 @@ def detect_source(
 
 
 def parse_frame_range(text: str | None) -> slice | None:
-    """'A:B' (B exclusive), 'A:' or ':B' -> slice over frame numbers."""
+    """'A:B' (B exclusive), 'A:' or ':B' -> slice over frame numbers; an empty or negative range is an error."""
     if not text:
         return None
     if ":" not in text:
         raise InputError(f"--frames expects A:B, got {text!r}")
     a, b = text.split(":", 1)
     try:
-        return slice(int(a) if a else None, int(b) if b else None)
+        start, stop = int(a) if a else None, int(b) if b else None
     except ValueError as exc:
         raise InputError(f"--frames expects integers A:B, got {text!r}") from exc
+    if (start is not None and start < 0) or (stop is not None and stop < 0):
+        raise InputError(f"--frames {text}: frame numbers start at 0")
+    if start is not None and stop is not None and stop <= start:
+        raise InputError(f"--frames {text} is empty: B is exclusive and must be greater than A")
+    return slice(start, stop)
+
+
+class FrameSource:
+    """The frames of a source by number: ``indices`` (all of them, known without decoding any) and
+    ``read(wanted)``, which decodes only the wanted frames, in order, and yields a frame that cannot be read
+    as (index, InputError) so the caller can report it and go on."""
+
+    indices: list[int]
+    skipped_images: list[str]  # image messages skipped while opening the source (a pair may be missing)
+    skipped_calibration: list[str]  # broken CameraInfo / TF messages skipped (a valid one exists)
+
+    def read(self, wanted: Iterable[int]) -> Iterator[tuple[int, Frame | InputError]]:
+        raise NotImplementedError
+
+
+class _KittiFrames(FrameSource):
+    def __init__(self, spec: SourceSpec) -> None:
+        from .io.kitti import KittiSequenceReader
+
+        self.reader = KittiSequenceReader(spec.path, cameras=spec.cameras or (2,), intensity_scale=spec.intensity_scale)
+        self.indices = self.reader.frame_indices
+        self._position = {index: pos for pos, index in enumerate(self.indices)}
+        self.skipped_images, self.skipped_calibration = [], []
+
+    def read(self, wanted: Iterable[int]) -> Iterator[tuple[int, Frame | InputError]]:
+        for index in sorted(set(wanted) & set(self._position)):
+            try:
+                yield index, self.reader.read(self._position[index])
+            except InputError as exc:
+                yield index, exc
+
+
+class _BagFrames(FrameSource):
+    def __init__(self, spec: SourceSpec) -> None:
+        from .io.rosbag_reader import RosbagReader
+
+        self.reader = RosbagReader(
+            spec.path, points_topic=spec.points_topic, image_topic=spec.image_topic,
+            camera_info_topic=spec.camera_info_topic, slop=spec.slop, intensity_scale=spec.intensity_scale,
+        )
+        # Bag frames are numbered by the cloud's position on its topic, so a resumed run finds the same frames.
+        self.indices = list(self.reader.frame_indices)
+        self.skipped_images, self.skipped_calibration = self.reader.skipped_images, self.reader.skipped_calibration
+
+    def read(self, wanted: Iterable[int]) -> Iterator[tuple[int, Frame | InputError]]:
+        return self.reader.frames(wanted)
+
+
+def open_frame_source(spec: SourceSpec) -> FrameSource:
+    """The frames of ``spec`` (opening checks the folder listing or reads the bag's headers, decodes nothing)."""
+    return _KittiFrames(spec) if spec.kind == "kitti" else _BagFrames(spec)
+
+
+def frames_in_range(source: FrameSource, frames: slice | None, name: str = "the source") -> list[int]:
+    """The frame numbers of ``source`` within ``frames``; an error when none is."""
+    indices = _in_range(source.indices, frames)
+    if not indices:
+        have = source.indices
+        span = f"frames {have[0]}..{have[-1]} ({len(have)} frames)" if have else "no frames"
+        raise InputError(f"no frames in --frames {_range_text(frames)}: {name} has {span}")
+    return indices
+
+
+def _range_text(frames: slice | None) -> str:
+    if frames is None:
+        return ":"
+    return f"{'' if frames.start is None else frames.start}:{'' if frames.stop is None else frames.stop}"
 
 
 def open_source(spec: SourceSpec, frames: slice | None = None) -> tuple[list[int], Callable[[int], Frame]]:
     """Frame numbers of a SemanticKITTI source within ``frames`` (a range of numbers) and a reader by number."""
     if spec.kind != "kitti":
         raise InputError(f"random access needs a SemanticKITTI folder; {spec.path} is a {spec.kind}")
-    from .io.kitti import KittiSequenceReader
-
-    reader = KittiSequenceReader(spec.path, cameras=spec.cameras or (2,), intensity_scale=spec.intensity_scale)
-    position = {index: pos for pos, index in enumerate(reader.frame_indices)}
-    return _in_range(reader.frame_indices, frames), lambda index: reader.read(position[index])
+    source = _KittiFrames(spec)
+    return _in_range(source.indices, frames), lambda index: source.reader.read(source._position[index])
 
 
 def iter_source(
@@ -87,27 +158,11 @@ def iter_source(
 ) -> Iterator[tuple[int, Frame | InputError]]:
     """(number, frame) of the source within ``frames``, except those ``skip`` accepts; read lazily, in order.
 
-    A frame that cannot be read comes as (number, the InputError) so the caller can report it and go on.
+    Frames skipped or out of range are not decoded. A frame that cannot be read comes as (number, the
+    InputError) so the caller can report it and go on.
     """
-    if spec.kind == "kitti":
-        indices, read = open_source(spec, frames)
-        for index in indices:
-            if not skip(index):
-                try:
-                    yield index, read(index)
-                except InputError as exc:
-                    yield index, exc
-        return
-    from .io.rosbag_reader import RosbagReader
-
-    reader = RosbagReader(
-        spec.path, points_topic=spec.points_topic, image_topic=spec.image_topic,
-        camera_info_topic=spec.camera_info_topic, slop=spec.slop, intensity_scale=spec.intensity_scale,
-    )
-    # Bag frames are numbered in pairing order, so a resumed run skips the same frames.
-    for frame in reader:
-        if _in_range([frame.index], frames) and not skip(frame.index):
-            yield frame.index, frame
+    source = open_frame_source(spec)
+    yield from source.read([i for i in _in_range(source.indices, frames) if not skip(i)])
 
 
 def _in_range(indices: list[int], frames: slice | None) -> list[int]:
@@ -126,18 +181,6 @@ def seen_labels_for(labels_dir: Path, index: int, n_points: int, classes: list[s
     return train_to_run_ids(train, classes, only=[c for c in classes if c not in unseen])
 
 
-@dataclass
-class JobSummary:
-    frames_total: int = 0
-    frames_done: int = 0
-    frames_skipped: int = 0
-    frames_failed: list[tuple[int, str]] = field(default_factory=list)
-    points_labelled: int = 0
-    points_total: int = 0
-    stage_ms: dict[str, list[float]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 def run_label_job(
     pipeline,
     spec: SourceSpec,
@@ -146,86 +189,12 @@ def run_label_job(
     seen_labels_dir: Path | None = None,
     bag_out: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> JobSummary:
-    """Label every frame of ``spec`` into ``out_dir``; frames already written are skipped."""
-    from .io.writers import LabelRunWriter
+    overwrite: bool = False,
+):
+    """Label every frame of ``spec`` within ``frames`` into ``out_dir``, resuming a run with the same
+    fingerprint (``overwrite`` starts afresh); returns a ``label_run.JobSummary``."""
+    from .label_run import execute_label_job, prepare_label_job, start_label_run
 
-    cfg: PipelineConfig = pipeline.cfg
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    # Load CLIP (and fail on a bad model) before anything is written.
-    text_embeddings = pipeline.text_embeddings()
-    writer = LabelRunWriter(out_dir, cfg.classes, cfg)
-    atomic_write_text(out_dir / "source.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    summary = JobSummary()
-
-    def skip(index: int) -> bool:
-        summary.frames_total += 1
-        if writer.done(index):
-            summary.frames_skipped += 1
-            return True
-        return False
-
-    if not (out_dir / "text_embeddings.npy").is_file():
-        _save_npy(out_dir / "text_embeddings.npy", text_embeddings)
-    bag = None
-    if bag_out is not None:
-        from .io.bag_writer import LabelledBagWriter
-
-        bag = LabelledBagWriter(bag_out)
-
-    def emit(results: list[LabelledCloud]) -> None:
-        for lc in results:
-            writer.write(lc)
-            if bag is not None:
-                bag.write(lc)
-            summary.frames_done += 1
-            summary.points_total += lc.num_points
-            summary.points_labelled += int((lc.label != IGNORE).sum())
-            for k, v in lc.timings_ms.items():
-                summary.stage_ms.setdefault(k, []).append(v)
-            if on_progress:
-                on_progress(summary.frames_skipped + summary.frames_done, summary.frames_total)
-
-    try:
-        for frame in _frames(iter_source(spec, frames, skip), seen_labels_dir, cfg, summary):
-            try:
-                results = pipeline.process(frame)
-            except InputError as exc:
-                summary.frames_failed.append((frame.index, str(exc)))
-                continue
-            emit(results)
-        emit(pipeline.flush())
-    except BaseException:
-        if bag is not None:
-            bag.abort()  # never leave a half-written bag under the real name
-        raise
-    if bag is not None:
-        bag.close()
-    writer.write_timing(summary.stage_ms)
-    summary.seconds = time.perf_counter() - t_start
-    return summary
-
-
-def _frames(items: Iterator[tuple[int, Frame | InputError]], seen_labels_dir, cfg, summary) -> Iterator[Frame]:
-    for index, frame in items:
-        try:
-            if isinstance(frame, InputError):
-                raise frame
-            if seen_labels_dir is not None:
-                frame.seen_labels = seen_labels_for(
-                    Path(seen_labels_dir), frame.index, frame.points.shape[0], cfg.classes, cfg.unseen_classes
-                )
-        except InputError as exc:
-            # A bad frame is reported and skipped; the rest of the run goes on.
-            summary.frames_failed.append((index, str(exc)))
-            continue
-        yield frame
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    atomic_write_bytes(path, buf.getvalue())
+    job = prepare_label_job(pipeline.cfg, spec, out_dir, frames, seen_labels_dir, bag_out, overwrite)
+    start_label_run(pipeline, job)
+    return execute_label_job(pipeline, job, on_progress=on_progress)

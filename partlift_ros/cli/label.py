@@ -38,13 +38,19 @@ def label(
     cameras: Optional[str] = typer.Option(
         None, "--cameras", help='SemanticKITTI sources: colour cameras to use, "2" (default, image_2) or "2,3" (both).'
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Label afresh: replace the run in OUT (once the new one has started) and the --write-bag file.",
+    ),
 ) -> None:
-    """Label a sequence or a bag: per-point classes, confidences and superpoints in OUT."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
+    """Label a sequence or a bag: per-point classes, confidences and superpoints in OUT.
 
+    Exit codes: 0 every frame in the range is labelled; 1 finished, but some frames were skipped (listed);
+    2 bad arguments or input, nothing labelled; 130 interrupted (re-running the same command resumes).
+    """
     from ..config import DEFAULT_UNSEEN
-    from ..label_job import detect_source, parse_frame_range, run_label_job
+    from ..label_job import detect_source, parse_frame_range
+    from ..label_run import JobSummary, execute_label_job, prepare_label_job, start_label_run
     from ..pipeline import LabelPipeline
 
     with reported_errors():
@@ -58,43 +64,77 @@ def label(
             # The paper's generalized zero-shot setting: DBSCAN on the points not labelled as seen.
             overrides["unseen_classes"] = split_names(unseen) or list(DEFAULT_UNSEEN)
             overrides["clustering.method"] = "dbscan"
+        frame_range = parse_frame_range(frames)
         cfg = resolve_config(config, **overrides)
         spec = detect_source(
             source, cameras=parse_cameras(cameras), intensity_scale=cfg.points.intensity_scale,
             points_topic=points_topic, image_topic=_topics(image_topic), camera_info_topic=_topics(camera_info_topic),
         )
+        # Everything that can be checked without a model is checked here: nothing is written on an error.
+        job = prepare_label_job(cfg, spec, out, frame_range, seen_labels, write_bag, overwrite)
+        todo = len(job.indices) - job.done_before
+        resumed = f", {job.done_before} already done (resuming)" if job.done_before else ""
+        console.print(f"labelling {len(job.indices)} frames of {source} into {out}{resumed}")
         pipeline = LabelPipeline(cfg)
-        with Progress(
-            TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
-        ) as progress:
-            task = progress.add_task("label", total=None)
-
-            def on_progress(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            summary = run_label_job(
-                pipeline, spec, out, parse_frame_range(frames), seen_labels, write_bag, on_progress
+        summary = JobSummary()
+        try:
+            if todo:  # a finished run needs no model (its labelled bag is read back from OUT)
+                with console.status(f"loading CLIP {cfg.clip.model}"):
+                    start_label_run(pipeline, job)
+            with _progress_bar() as progress:
+                task = progress.add_task("label", total=len(job.indices), completed=job.done_before)
+                execute_label_job(
+                    pipeline, job, summary, lambda done, total: progress.update(task, completed=done, total=total)
+                )
+        except KeyboardInterrupt:
+            console.print(
+                f"[yellow]interrupted:[/] {summary.frames_done} frames labelled by this run, "
+                f"{summary.frames_skipped + summary.frames_done} of {len(job.indices)} now done in {out}; "
+                "re-running the same command resumes"
             )
+            raise typer.Exit(130) from None
+    raise typer.Exit(_report(summary, out))
+
+
+def _progress_bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+    )
+
+
+def _report(summary, out: Path) -> int:
+    """Print the summary table and the skipped frames; return the exit code (see ``label``)."""
+    import numpy as np
+    from rich.table import Table
 
     table = Table(title=f"partlift label → {out}")
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("frames in source (range)", str(summary.frames_total))
+    table.add_row("frames in range", str(summary.frames_total))
     table.add_row("labelled now", str(summary.frames_done))
     table.add_row("already done (resumed)", str(summary.frames_skipped))
-    table.add_row("failed", str(len(summary.frames_failed)))
+    table.add_row("skipped (unreadable)", str(len(summary.frames_failed)))
     if summary.points_total:
         table.add_row("points labelled", f"{summary.points_labelled / summary.points_total:.1%}")
     for stage, values in summary.stage_ms.items():
-        import numpy as np
-
         table.add_row(f"{stage} ms (median)", f"{np.median(values):.1f}")
     table.add_row("wall time s", f"{summary.seconds:.1f}")
+    if summary.bag_path is not None:
+        table.add_row("labelled bag", f"{summary.bag_path} ({summary.bag_frames} frames)")
     console.print(table)
-    for index, why in summary.frames_failed:
-        console.print(f"[red]frame {index} skipped:[/] {why}")
-    if summary.frames_failed:
-        raise typer.Exit(1)
+    for why in summary.warnings:
+        console.print(f"[yellow]warning:[/] {why}")
+    for why in summary.skipped_messages:
+        console.print(f"[red]message skipped:[/] {why}")
+    for _, why in summary.frames_failed:
+        console.print(f"[red]skipped[/] {why}")
+    if summary.frames_failed and summary.frames_done + summary.frames_skipped == 0:
+        console.print("[bold red]error:[/] no frame could be labelled")
+        return 2
+    return 1 if summary.frames_failed or summary.skipped_messages else 0
 
 
 def parse_cameras(text: str | None) -> list[int] | None:
@@ -120,13 +160,14 @@ def _topics(values: list[str] | None) -> str | list[str] | None:
 
 def kitti2bag(
     sequence: Path = typer.Argument(..., help="SemanticKITTI sequence folder."),
-    out: Path = typer.Argument(..., help="Output bag (.mcap or .db3)."),
+    out: Path = typer.Argument(..., help="Output bag: x.mcap or x.db3 (one file), or a name without suffix (a bag folder)."),
     frames: Optional[str] = typer.Option(None, "--frames", help="Frame range A:B (B exclusive)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Write a SemanticKITTI sequence as a rosbag2 with PointCloud2, Image, CameraInfo and /tf_static."""
     from ..io.kitti2bag import kitti_to_bag
     from ..label_job import parse_frame_range
 
     with reported_errors():
-        written = kitti_to_bag(sequence, out, frames=parse_frame_range(frames))
-    console.print(f"wrote {out} ({written} frames)" if written is not None else f"wrote {out}")
+        written = kitti_to_bag(sequence, out, frames=parse_frame_range(frames), overwrite=overwrite)
+    console.print(f"wrote {out} ({written} frames)")

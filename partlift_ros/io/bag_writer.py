@@ -3,8 +3,8 @@
 ``BagOutput`` writes into a temporary folder beside the target and moves the result into place
 only when closed without an error, so a crash never leaves a half-written bag under the real name.
 Targets: ``x.mcap`` or ``x.db3`` (one self-contained storage file, as Foxglove and rosbags read it)
-or a path without those suffixes (a rosbag2 folder with metadata.yaml and an MCAP file, as
-``ros2 bag play`` reads it). Messages are built from the rosbags typestore of a ROS 2 distro,
+or a path without a suffix (a rosbag2 folder with metadata.yaml and an MCAP file, as ``ros2 bag play``
+reads it); ``x.bag`` (ROS 1) or any other suffix is refused rather than written as a folder. Messages are built from the rosbags typestore of a ROS 2 distro,
 so the type names, definitions and hashes are the real ROS 2 ones.
 """
 
@@ -128,16 +128,30 @@ def _latched_qos() -> list[Any]:
                 zero, zero, QosLiveliness.AUTOMATIC, zero, False)]
 
 
+BAG_SUFFIXES = (".mcap", ".db3")
+
+
+def check_bag_output(path: str | Path, overwrite: bool = False) -> Path:
+    """A bag output named as the user wrote it: ``x.mcap`` / ``x.db3`` is one file, a name without a suffix a
+    rosbag2 folder; any other suffix (``x.bag`` is ROS 1) is an error, and so is an existing path unless
+    ``overwrite``."""
+    path = Path(path)
+    if path.suffix and path.suffix not in BAG_SUFFIXES:
+        raise InputError(f"{path}: partlift writes rosbag2 bags: name it {path.stem}.mcap (one file), "
+                         f"{path.stem}.db3, or {path.stem} without a suffix (a bag folder)")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path} exists already (pass --overwrite to replace it)")
+    return path
+
+
 class BagOutput:
-    """Write a rosbag2 (``.mcap``, ``.db3`` or folder) atomically; use as a context manager."""
+    """Write a rosbag2 (``.mcap``, ``.db3`` or folder, see ``check_bag_output``) atomically; use as a context manager."""
 
     def __init__(self, path: str | Path, distro: str = "humble", overwrite: bool = False) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        self.path = Path(path)
+        self.path = check_bag_output(path, overwrite)
         self.ts = get_ros_typestore(distro)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path} exists already (pass overwrite=True to replace it)")
         self.single_file = self.path.suffix in (".mcap", ".db3")
         plugin = StoragePlugin.SQLITE3 if self.path.suffix == ".db3" else StoragePlugin.MCAP
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +175,12 @@ class BagOutput:
         )
 
     def write(self, topic: str, msg: Any, seconds: float) -> None:
-        conn = self._connections[topic]
+        self.write_cdr(topic, self.ts.serialize_cdr(msg, self._connections[topic].msgtype), seconds)
+
+    def write_cdr(self, topic: str, data: bytes, seconds: float) -> None:
+        """A message already serialised (CDR bytes), e.g. copied from another bag as it is."""
         sec, nanosec = split_stamp(seconds)
-        self._writer.write(conn, sec * 1_000_000_000 + nanosec, self.ts.serialize_cdr(msg, conn.msgtype))
+        self._writer.write(self._connections[topic], sec * 1_000_000_000 + nanosec, bytes(data))
 
     def close(self) -> Path:
         """Finish the bag and move it to its real name."""
@@ -173,10 +190,14 @@ class BagOutput:
         try:
             self._writer.close()
             if self.single_file:
+                if self.path.is_dir():  # --overwrite of a bag folder by a one-file bag
+                    shutil.rmtree(self.path)
                 os.replace(self._bag_dir / f"{self._bag_dir.name}{self.path.suffix}", self.path)
             else:
-                if self.path.exists():
+                if self.path.is_dir():
                     shutil.rmtree(self.path)
+                elif self.path.exists():
+                    self.path.unlink()
                 os.replace(self._bag_dir, self.path)
         finally:
             shutil.rmtree(self._tmp_root, ignore_errors=True)
@@ -231,7 +252,8 @@ def instance_summary(labelled: LabelledCloud) -> tuple[np.ndarray, np.ndarray, n
 class LabelledBagWriter:
     """Labelled clouds -> a bag for Foxglove / RViz / ``ros2 bag play``.
 
-    Per cloud: ``<ns>/labelled_points`` (PointCloud2 x y z intensity label confidence instance rgb),
+    Per cloud: ``<ns>/labelled_points`` (PointCloud2 x y z intensity label confidence instance rgb, with the
+    input's height x width when it was organised, non-finite points kept in place with label -1),
     ``<ns>/instance_markers`` (MarkerArray: DELETEALL, then a TEXT_VIEW_FACING "class 0.87" at each
     labelled instance's centroid), ``<ns>/overlay`` (rgb8 camera image with the class-coloured
     points) and ``<ns>/camera_info`` (its calibration, for RViz's Camera display and so that
@@ -285,7 +307,10 @@ class LabelledBagWriter:
             edges = [(frame.frame_id, cam.frame_id, invert_se3(np.asarray(cam.T_cam_lidar))) for cam in frame.cameras]
             self.bag.write(self.topics["tf"], tf_static_msg(self.ts, edges, frame.stamp), frame.stamp)
             self._wrote_tf = True
-        cloud = encode_pointcloud2(labelled_cloud_array(labelled, palette))
+        cloud = labelled_cloud_array(labelled, palette)
+        if frame.layout is not None:  # an organised input stays organised: labels line up with its cells
+            cloud = cloud.reshape(tuple(int(n) for n in frame.layout))
+        cloud = encode_pointcloud2(cloud)
         self.bag.write(self.topics["points"], pointcloud2_msg(self.ts, cloud, frame.stamp, frame.frame_id), frame.stamp)
         self.bag.write(self.topics["markers"], self._markers(labelled, palette), frame.stamp)
         if frame.cameras:

@@ -36,8 +36,9 @@ def kitti_to_bag(
 ) -> int:
     """Write the (selected) frames of a sequence into ``out_path``; returns the number of frames.
 
-    ``out_path`` ending in .mcap or .db3 gives one storage file, any other path a rosbag2 folder.
-    The bag appears under its name only once complete.
+    ``out_path`` ending in .mcap or .db3 gives one storage file, a path without a suffix a rosbag2 folder
+    (other suffixes are refused, see ``bag_writer.check_bag_output``). The bag appears under its name only
+    once complete.
     """
     from .pointcloud2 import encode_pointcloud2
 

@@ -5,6 +5,12 @@ A first pass reads only what pairing needs: the header stamp and frame id of eve
 messages. Iteration then decodes one cloud and its nearest images at a time, holding only the images
 that a not-yet-emitted cloud still needs (a window of about ``slop`` seconds).
 
+Bad messages never sink the bag: ``frames(wanted)`` decodes only the frames asked for (from the stretch of
+the bag that holds them) and yields a frame that cannot be read as its InputError (index, stamp, topic,
+reason); a cloud with an unreadable header is such a frame; a broken image header, CameraInfo or TF
+message is skipped and listed in ``skipped_images`` / ``skipped_calibration``; only a topic without any
+valid message is an error.
+
 Several cameras: give ``image_topic`` (and optionally ``camera_info_topic`` and ``T_cam_lidar``) as
 lists, one entry per camera. Each cloud is paired with the nearest image of every camera within
 ``slop``; a cloud is kept when at least one camera has an image, and its Frame holds the cameras
@@ -14,16 +20,15 @@ is the rule the labeller node follows for a camera that is missing from a frame.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..calibration import invert_se3, transform_to_matrix
+from ..calibration import transform_to_matrix
+from .bag_messages import CameraModel, camera_model, chain_transform, decoding, frame_name, header_from_cdr, stamp_of
 from ..pairing import nearest_indices, nearest_within
 from ..types import CameraView, Frame, InputError
 
@@ -32,81 +37,6 @@ IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
-
-
-@dataclass
-class CameraModel:
-    stamp: float
-    K: np.ndarray  # (3, 3)
-    D: np.ndarray | None  # plumb_bob k1 k2 p1 p2 k3, None when all zero
-    size: tuple[int, int]  # (width, height)
-
-
-def _frame_name(frame_id: str) -> str:
-    return str(frame_id).lstrip("/")
-
-
-def header_from_cdr(raw: bytes | memoryview) -> tuple[float, str]:
-    """(stamp seconds, frame_id) of a CDR message whose first field is a std_msgs/Header."""
-    buf = memoryview(raw)
-    if len(buf) < 16:
-        raise InputError(f"CDR message of {len(buf)} bytes is too short to hold a header")
-    order = "<" if buf[1] == 1 else ">"  # encapsulation id: 0x0001 CDR_LE, 0x0000 CDR_BE
-    sec, nanosec, length = struct.unpack_from(order + "iII", buf, 4)
-    if length == 0 or 16 + length > len(buf):
-        raise InputError("CDR header has a malformed frame_id string")
-    frame_id = bytes(buf[16 : 16 + length - 1]).decode("utf-8", errors="replace")
-    return sec + nanosec * 1e-9, frame_id
-
-
-def stamp_of(msg: Any) -> float:
-    return int(msg.header.stamp.sec) + int(msg.header.stamp.nanosec) * 1e-9
-
-
-def camera_model(msg: Any, where: str) -> CameraModel:
-    """K, D and size of a CameraInfo, checked (an all-zero K means an uncalibrated camera)."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    if not np.any(K):
-        raise InputError(f"{where}: CameraInfo K is all zeros (uncalibrated camera)")
-    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise InputError(f"{where}: CameraInfo K has invalid focal lengths: {K.tolist()}")
-    width, height = int(msg.width), int(msg.height)
-    if width <= 0 or height <= 0:
-        raise InputError(f"{where}: CameraInfo size is {width}x{height}")
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    model = str(msg.distortion_model)
-    D = None
-    if d.size and np.any(d):
-        # project_points models plumb_bob (k1 k2 p1 p2 k3); rational_polynomial reduces to it when k4..k6 = 0.
-        if model not in ("plumb_bob", "rational_polynomial") or np.any(d[5:]):
-            raise InputError(
-                f"{where}: distortion model {model!r} with D={d.tolist()} is not supported "
-                "(use plumb_bob, or a rectified image with zero D)"
-            )
-        D = d[:5]
-    return CameraModel(stamp=stamp_of(msg), K=K, D=D, size=(width, height))
-
-
-def chain_transform(edges: list[tuple[str, str, np.ndarray]], source: str, target: str) -> np.ndarray | None:
-    """T_target_source (maps ``source`` coordinates into ``target``) through a tree of
-    (parent, child, T_parent_child) edges, or None when the frames are not connected."""
-    if source == target:
-        return np.eye(4)
-    graph: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for parent, child, T in edges:
-        graph.setdefault(child, []).append((parent, T))  # child coords -> parent coords
-        graph.setdefault(parent, []).append((child, invert_se3(T)))
-    seen = {source: np.eye(4)}
-    queue = deque([source])
-    while queue:
-        frame = queue.popleft()
-        for nxt, T in graph.get(frame, []):
-            if nxt not in seen:
-                seen[nxt] = T @ seen[frame]
-                if nxt == target:
-                    return seen[nxt]
-                queue.append(nxt)
-    return None
 
 
 def _open_bag(path: Path) -> Any:
@@ -251,35 +181,70 @@ class RosbagReader:
 
     # --- first pass: stamps, camera models, transforms ---------------------------------------------
     def _scan(self, reader: Any) -> None:
+        """Stamps, log times and frame ids of every cloud and image; the valid CameraInfo and /tf_static.
+
+        A message that cannot be read here is skipped, not fatal: a cloud whose header is unreadable becomes a
+        failed frame (``bad_clouds``), an image, CameraInfo or TF message is listed in ``skipped_images`` or
+        ``skipped_calibration``; only a topic left without any valid message is an error.
+        """
         camera_of = {t: i for i, t in enumerate(self.image_topics)}
         stream = [c for c in reader.connections if c.topic == self.points_topic or c.topic in camera_of]
-        cloud_stamps, cloud_frames = [], []
-        image_stamps: list[list[float]] = [[] for _ in self.image_topics]
-        image_frames: list[list[str]] = [[] for _ in self.image_topics]
-        for conn, _, raw in reader.messages(connections=stream):
-            stamp, frame_id = header_from_cdr(raw)
-            if conn.topic == self.points_topic:
-                cloud_stamps.append(stamp)
-                cloud_frames.append(_frame_name(frame_id))
-            else:
-                image_stamps[camera_of[conn.topic]].append(stamp)
-                image_frames[camera_of[conn.topic]].append(_frame_name(frame_id))
-        for topic, stamps in ((self.points_topic, cloud_stamps), *zip(self.image_topics, image_stamps)):
-            if not stamps:
-                raise InputError(f"{self.path}: topic {topic} has no messages")
-        self.cloud_stamps = np.asarray(cloud_stamps)
-        self.image_stamps = [np.asarray(st) for st in image_stamps]
-        # (cloud, camera) -> image index on that camera's topic, -1 = no image within slop
+        self.bad_clouds: dict[int, str] = {}
+        self.skipped_images: list[str] = []  # image messages whose header is unreadable (not paired)
+        self.skipped_calibration: list[str] = []  # broken CameraInfo / TF messages (valid ones remain)
+        self._cloud_log: list[int] = []  # log time (ns) of every cloud, by position on its topic
+        self._image_log: list[list[int]] = [[] for _ in self.image_topics]
+        clouds: list[tuple[int, float, str]] = []  # (position, stamp, frame id) of the readable clouds
+        images: list[list[tuple[int, float, str]]] = [[] for _ in self.image_topics]
+        for conn, log_time, raw in reader.messages(connections=stream):
+            is_cloud = conn.topic == self.points_topic
+            log = self._cloud_log if is_cloud else self._image_log[camera_of[conn.topic]]
+            position = len(log)
+            log.append(int(log_time))
+            try:
+                stamp, frame_id = header_from_cdr(raw)
+            except InputError as exc:
+                where = f"{conn.topic} message {position} (log time {log_time * 1e-9:.6f} s)"
+                if is_cloud:
+                    self.bad_clouds[position] = f"{where}: {exc}"
+                else:
+                    self.skipped_images.append(f"{where} skipped: {exc}")
+                continue
+            entry = (position, stamp, frame_name(frame_id))
+            (clouds if is_cloud else images[camera_of[conn.topic]]).append(entry)
+        for topic, entries in ((self.points_topic, clouds), *zip(self.image_topics, images)):
+            if not entries:
+                raise InputError(f"{self.path}: topic {topic} has no readable messages")
+        self.cloud_stamps = np.asarray([st for _, st, _ in clouds])
+        self.image_stamps = [np.asarray([st for _, st, _ in cam]) for cam in images]
+        cloud_frames = {pos: fid for pos, _, fid in clouds}
+        image_frames = [{pos: fid for pos, _, fid in cam} for cam in images]
+        image_positions = [np.asarray([pos for pos, _, _ in cam]) for cam in images]
+        # (cloud, camera) -> position of the nearest image on that camera's topic, -1 = none within slop
         nearest = np.stack([nearest_indices(self.cloud_stamps, st, self.slop) for st in self.image_stamps], axis=1)
+        nearest = np.stack([np.where(nearest[:, k] >= 0, image_positions[k][nearest[:, k]], -1)
+                            for k in range(len(images))], axis=1)
         kept = np.flatnonzero((nearest >= 0).any(axis=1))
-        self.pairs: list[tuple[int, tuple[int, ...]]] = [(int(c), tuple(int(i) for i in nearest[c])) for c in kept]
+        self.pairs: list[tuple[int, tuple[int, ...]]] = [
+            (clouds[c][0], tuple(int(i) for i in nearest[c])) for c in kept
+        ]
+        self._stamp_of = {clouds[c][0]: float(self.cloud_stamps[c]) for c in kept}
         if not self.pairs:
             spans = ", ".join(f"{t} {st.min():.3f}..{st.max():.3f} s" for t, st in zip(self.image_topics, self.image_stamps))
             raise InputError(
                 f"{self.path}: no {self.points_topic} message has a {' or '.join(self.image_topics)} message within "
                 f"{self.slop} s (clouds {self.cloud_stamps.min():.3f}..{self.cloud_stamps.max():.3f} s, images {spans})"
             )
+        self.frame_indices: list[int] = sorted([c for c, _ in self.pairs] + list(self.bad_clouds))
+        self._read_calibration(reader)
+        self._extrinsics: dict[tuple[str, str], np.ndarray] = {}
+        for c, pair in self.pairs:  # resolve every frame pair now, so a missing transform fails early
+            for cam, i in enumerate(pair):
+                if i >= 0:
+                    self._extrinsic(cam, cloud_frames[c], image_frames[cam][i])
 
+    def _read_calibration(self, reader: Any) -> None:
+        """The valid CameraInfo of every camera and the /tf_static edges; broken messages are skipped."""
         self.camera_models: list[list[CameraModel]] = [[] for _ in self.image_topics]
         info_of = {t: i for i, t in enumerate(self.camera_info_topics)}
         tf_edges: list[tuple[str, str, np.ndarray]] = []
@@ -287,25 +252,28 @@ class RosbagReader:
             c for c in reader.connections
             if c.topic in info_of or (c.msgtype == TF_MESSAGE and c.topic.endswith("tf_static"))
         ]
-        for conn, _, raw in reader.messages(connections=extra):
-            msg = self._deserialize(reader, raw, conn)
-            if conn.topic in info_of:
-                self.camera_models[info_of[conn.topic]].append(camera_model(msg, f"{self.path}:{conn.topic}"))
-            else:
-                tf_edges.extend(
-                    (_frame_name(t.header.frame_id), _frame_name(t.child_frame_id), transform_to_matrix(t.transform))
-                    for t in msg.transforms
-                )
+        skipped: dict[str, list[str]] = {}
+        for conn, log_time, raw in reader.messages(connections=extra):
+            try:
+                msg = self._deserialize(reader, raw, conn)
+                if conn.topic in info_of:
+                    self.camera_models[info_of[conn.topic]].append(camera_model(msg, f"{self.path}:{conn.topic}"))
+                else:
+                    edges = [(frame_name(t.header.frame_id), frame_name(t.child_frame_id),
+                              transform_to_matrix(t.transform)) for t in msg.transforms]
+                    if not all(np.isfinite(T).all() for _, _, T in edges):
+                        raise InputError(f"{self.path}:{conn.topic}: a transform is not finite")
+                    tf_edges.extend(edges)
+            except (InputError, ValueError) as exc:
+                reason = f"{conn.topic} message at log time {log_time * 1e-9:.6f} s skipped: {exc}"
+                skipped.setdefault(conn.topic, []).append(reason)
+                self.skipped_calibration.append(reason)
         for topic, models in zip(self.camera_info_topics, self.camera_models):
             if not models:
-                raise InputError(f"{self.path}: topic {topic} has no messages")
+                why = f" ({len(skipped[topic])} broken, first: {skipped[topic][0]})" if topic in skipped else ""
+                raise InputError(f"{self.path}: topic {topic} has no valid CameraInfo message{why}")
         self._model_stamps = [np.array([m.stamp for m in models]) for models in self.camera_models]
         self.tf_edges = tf_edges
-        self._extrinsics: dict[tuple[str, str], np.ndarray] = {}
-        for c, images in self.pairs:  # resolve every frame pair now, so a missing transform fails early
-            for cam, i in enumerate(images):
-                if i >= 0:
-                    self._extrinsic(cam, cloud_frames[c], image_frames[cam][i])
 
     def _extrinsic(self, camera: int, cloud_frame: str, camera_frame: str) -> np.ndarray:
         if self._T_override[camera] is not None:
@@ -330,20 +298,45 @@ class RosbagReader:
 
     # --- iteration ---------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.frame_indices)
 
     def __iter__(self) -> Iterator[Frame]:
-        images_of = {c: [(cam, i) for cam, i in enumerate(images) if i >= 0] for c, images in self.pairs}
+        """Every frame in order; a frame that cannot be read raises its InputError (see ``frames``)."""
+        for _, frame in self.frames():
+            if isinstance(frame, InputError):
+                raise frame
+            yield frame
+
+    def stamp(self, index: int) -> float | None:
+        """Header stamp (seconds) of frame ``index``'s cloud; None when its header was unreadable."""
+        return self._stamp_of.get(index)
+
+    def frames(self, wanted: Iterable[int] | None = None) -> Iterator[tuple[int, Frame | InputError]]:
+        """(index, Frame) for each frame in ``wanted`` (default: all), in order; others are never decoded.
+
+        A frame that cannot be read (undecodable cloud or image, size mismatch, unreadable header) comes as
+        (index, InputError naming the frame, its stamp, the topic and the reason), so the caller can go on.
+        Only the stretch of the bag (by log time) holding the wanted messages is read.
+        """
+        known = set(self.frame_indices)
+        chosen = known if wanted is None else known & {int(i) for i in wanted}
+        images_of = {c: [(cam, i) for cam, i in enumerate(pair) if i >= 0] for c, pair in self.pairs if c in chosen}
+        images_of.update({c: [] for c in self.bad_clouds if c in chosen})
+        if not images_of:
+            return
         needed = Counter(key for keys in images_of.values() for key in keys)
+        times = [self._cloud_log[c] for c in images_of] + [self._image_log[cam][i] for cam, i in needed]
+        start, stop = min(times), max(times) + 1
+        # Positions on each topic count from the bag's start: messages before the window are skipped unread.
+        n_cloud = sum(t < start for t in self._cloud_log)
+        n_image = [sum(t < start for t in log) for log in self._image_log]
         pending: deque[tuple[int, Any, bytes]] = deque()  # clouds waiting for their images
         cache: dict[tuple[int, int], tuple[Any, bytes]] = {}  # (camera, image) some pending or future cloud needs
         camera_of = {t: i for i, t in enumerate(self.image_topics)}
         reader = _open_bag(self.path)
         try:
             stream = [c for c in reader.connections if c.topic == self.points_topic or c.topic in camera_of]
-            n_cloud = 0
-            n_image = [0] * len(self.image_topics)
-            for conn, _, raw in reader.messages(connections=stream):
+            for conn, _, raw in reader.messages(connections=stream, start=start, stop=stop):
                 if conn.topic == self.points_topic:
                     if n_cloud in images_of:
                         pending.append((n_cloud, conn, bytes(raw)))
@@ -356,7 +349,7 @@ class RosbagReader:
                 while pending and all(key in cache for key in images_of[pending[0][0]]):
                     c, cconn, craw = pending.popleft()
                     keys = images_of[c]
-                    yield self._frame(reader, c, cconn, craw, [(key[0], *cache[key]) for key in keys])
+                    yield c, self._frame_or_error(reader, c, cconn, craw, [(key[0], *cache[key]) for key in keys])
                     for key in keys:
                         needed[key] -= 1
                         if needed[key] == 0:
@@ -364,12 +357,21 @@ class RosbagReader:
         finally:
             reader.close()
 
+    def _frame_or_error(self, reader: Any, index: int, cconn: Any, craw: bytes, images: list) -> Frame | InputError:
+        if index in self.bad_clouds:
+            return InputError(f"frame {index}: {self.bad_clouds[index]}")
+        try:
+            return self._frame(reader, index, cconn, craw, images)
+        except InputError as exc:
+            return InputError(f"frame {index} (stamp {self._stamp_of[index]:.6f} s): {exc}")
+
     def _frame(self, reader: Any, index: int, cconn: Any, craw: bytes, images: list[tuple[int, Any, bytes]]) -> Frame:
         from .pointcloud2 import cloud_to_scan
 
         cloud = self._deserialize(reader, craw, cconn)
-        scan = cloud_to_scan(cloud, self.intensity_scale)
-        cloud_frame = _frame_name(cloud.header.frame_id)
+        with decoding(f"{self.path}:{cconn.topic}"):
+            scan = cloud_to_scan(cloud, self.intensity_scale)
+        cloud_frame = frame_name(cloud.header.frame_id)
         cameras = [self._camera(reader, cam, iconn, iraw, cloud_frame) for cam, iconn, iraw in images]
         return Frame(points=scan.points, cameras=cameras, stamp=stamp_of(cloud), index=index, frame_id=cloud_frame,
                      ring=scan.ring, layout=scan.layout)
@@ -379,7 +381,8 @@ class RosbagReader:
 
         image_msg = self._deserialize(reader, iraw, iconn)
         where = f"{self.path}:{iconn.topic}"
-        rgb = decode_any_image(image_msg, where)
+        with decoding(where):
+            rgb = decode_any_image(image_msg, where)
         model = self.camera_models[cam][nearest_within(stamp_of(image_msg), self._model_stamps[cam], np.inf)]
         height, width = rgb.shape[:2]
         if model.size != (width, height):
@@ -387,7 +390,7 @@ class RosbagReader:
                 f"{where}: image is {width}x{height} but {self.camera_info_topics[cam]} says "
                 f"{model.size[0]}x{model.size[1]}"
             )
-        camera_frame = _frame_name(image_msg.header.frame_id)
+        camera_frame = frame_name(image_msg.header.frame_id)
         return CameraView(
             image=rgb, K=model.K.copy(), T_cam_lidar=self._extrinsic(cam, cloud_frame, camera_frame).copy(),
             D=None if model.D is None else model.D.copy(), frame_id=camera_frame,

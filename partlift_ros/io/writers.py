@@ -5,7 +5,9 @@ Layout of ``OUT``::
     labels/NNNNNN.label  uint32 per point (SemanticKITTI style): low 16 bits = class id + 1
                          (1-based into classes.yaml, 0 = ignore), high 16 bits = superpoint id + 1 (0 = none)
     frames/NNNNNN.npz    per point: confidence, visible, instance; per instance: instance_scores,
-                         instance_refined, instance_features, instance_valid, instance_boxes; stamp, index
+                         instance_refined, instance_features, instance_valid, instance_boxes; stamp, index;
+                         labelling job records (label_chunks.py): chunk (first, last frame of the frames
+                         labelled together), block (the frames whose instances were refined together)
     classes.yaml         the run's class list (the meaning of the label ids)
     config.yaml          the resolved PipelineConfig
     timing.json          per-stage median / p90 milliseconds
@@ -118,10 +120,18 @@ class LabelRunWriter:
 
     def done(self, index: int) -> bool:
         """True when frame ``index`` was completely written (both files exist)."""
-        return label_path(self.out_dir, index).is_file() and frame_path(self.out_dir, index).is_file()
+        return self.frame_done(self.out_dir, index)
 
-    def write(self, labelled: LabelledCloud, index: int | None = None) -> None:
-        """Write one frame's results (``index`` defaults to ``labelled.frame.index``)."""
+    @staticmethod
+    def frame_done(out_dir: str | Path, index: int) -> bool:
+        """``done`` for the run in ``out_dir``, without opening it for writing."""
+        return label_path(out_dir, index).is_file() and frame_path(out_dir, index).is_file()
+
+    def write(
+        self, labelled: LabelledCloud, index: int | None = None, records: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Write one frame's results (``index`` defaults to ``labelled.frame.index``); ``records``: extra
+        arrays for the ``.npz`` (the labelling job's chunk and block)."""
         index = labelled.frame.index if index is None else int(index)
         if list(labelled.class_names) != self.class_names:
             raise InputError(f"frame {index}: labelled with classes {labelled.class_names}, run has {self.class_names}")
@@ -133,6 +143,10 @@ class LabelRunWriter:
         arrays = {name: np.asarray(getattr(labelled, name)) for name in FRAME_ARRAYS}
         arrays["stamp"] = np.float64(labelled.frame.stamp)
         arrays["index"] = np.int64(index)
+        for name, value in (records or {}).items():
+            if name in arrays:
+                raise InputError(f"frame {index}: record {name!r} would replace a result array")
+            arrays[name] = np.asarray(value)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(frame_path(self.out_dir, index), buf.getvalue())
@@ -179,3 +193,26 @@ def read_run_frame(out_dir: str | Path, index: int) -> dict[str, np.ndarray]:
         raise InputError(f"frame file not found: {path}")
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def read_frame_arrays(out_dir: str | Path, index: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Only the named arrays of ``frames/NNNNNN.npz`` (the others are not decompressed); absent names are left out."""
+    path = frame_path(out_dir, index)
+    if not path.is_file():
+        raise InputError(f"frame file not found: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in names if k in data.files}
+
+
+def read_labelled_cloud(out_dir: str | Path, frame, class_names: Sequence[str]) -> LabelledCloud:
+    """The results of ``frame`` (its source Frame) as written in a run: what the labelled bag is made from."""
+    label, instance = read_run_labels(out_dir, frame.index)
+    if label.shape[0] != frame.points.shape[0]:
+        raise InputError(f"frame {frame.index}: run has {label.shape[0]} labels, the source {frame.points.shape[0]} points")
+    arrays = read_run_frame(out_dir, frame.index)
+    return LabelledCloud(
+        frame=frame, class_names=list(class_names), label=label, confidence=arrays["confidence"], instance=instance,
+        visible=arrays["visible"], instance_scores=arrays["instance_scores"],
+        instance_refined=arrays["instance_refined"], instance_features=arrays["instance_features"],
+        instance_valid=arrays["instance_valid"], instance_boxes=arrays["instance_boxes"],
+    )
