@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import invert_se3, transform_to_matrix
+from ..calibration import chain_transform, transform_to_matrix
 from ..pairing import nearest_indices, nearest_within
 from ..types import CameraView, Frame, InputError
 
@@ -85,28 +85,6 @@ def camera_model(msg: Any, where: str) -> CameraModel:
             )
         D = d[:5]
     return CameraModel(stamp=stamp_of(msg), K=K, D=D, size=(width, height))
-
-
-def chain_transform(edges: list[tuple[str, str, np.ndarray]], source: str, target: str) -> np.ndarray | None:
-    """T_target_source (maps ``source`` coordinates into ``target``) through a tree of
-    (parent, child, T_parent_child) edges, or None when the frames are not connected."""
-    if source == target:
-        return np.eye(4)
-    graph: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for parent, child, T in edges:
-        graph.setdefault(child, []).append((parent, T))  # child coords -> parent coords
-        graph.setdefault(parent, []).append((child, invert_se3(T)))
-    seen = {source: np.eye(4)}
-    queue = deque([source])
-    while queue:
-        frame = queue.popleft()
-        for nxt, T in graph.get(frame, []):
-            if nxt not in seen:
-                seen[nxt] = T @ seen[frame]
-                if nxt == target:
-                    return seen[nxt]
-                queue.append(nxt)
-    return None
 
 
 def _open_bag(path: Path) -> Any:
