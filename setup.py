@@ -58,8 +58,8 @@ setup(
     entry_points={
         "console_scripts": [
             "partlift = partlift_ros.cli:main",
-            "labeller = partlift_ros.ros.labeller_node:main",
-            "student = partlift_ros.ros.student_node:main",
+            "labeller = partlift_ros.ros.labeller_node:console",
+            "student = partlift_ros.ros.student_node:console",
         ],
     },
 )

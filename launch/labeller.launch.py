@@ -71,5 +71,6 @@ def generate_launch_description() -> LaunchDescription:
         ],
         on_exit=Shutdown(reason="the labeller stopped"),
     )
-    return LaunchDescription([*arguments, labeller, OpaqueFunction(function=_rviz),
-                              OpaqueFunction(function=bag_player)])
+    # The bag starts once the labeller logs "labeller ready" (its CLIP model is loaded).
+    bag = OpaqueFunction(function=bag_player, kwargs={"node": labeller, "ready": "labeller ready"})
+    return LaunchDescription([*arguments, labeller, OpaqueFunction(function=_rviz), bag])

@@ -49,4 +49,6 @@ def generate_launch_description() -> LaunchDescription:
         remappings=[("points", LaunchConfiguration("points_topic"))],
         on_exit=Shutdown(reason="the student stopped"),
     )
-    return LaunchDescription([*arguments, student, OpaqueFunction(function=bag_player)])
+    # The bag starts once the student logs "student ready" (its checkpoint is loaded).
+    bag = OpaqueFunction(function=bag_player, kwargs={"node": student, "ready": "student ready"})
+    return LaunchDescription([*arguments, student, bag])

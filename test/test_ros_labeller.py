@@ -667,44 +667,64 @@ def _launch_calls(tree) -> dict[str, list]:
     return calls
 
 
-def test_launch_file_declares_the_arguments_and_remaps_the_node_inputs():
+def _launch_tree(name: str):
     import ast
 
-    tree = ast.parse((REPO / "launch" / "labeller.launch.py").read_text())
-    funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    assert "generate_launch_description" in funcs
-    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    for module, name in [("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
-                         ("launch.actions", "ExecuteProcess"), ("launch.conditions", "IfCondition"),
-                         ("launch.substitutions", "LaunchConfiguration"), ("launch_ros.actions", "Node"),
-                         ("launch_ros.substitutions", "FindPackageShare")]:
-        assert (module, name) in imported, f"{module}.{name}"
+    tree = ast.parse((REPO / "launch" / name).read_text())
     calls = _launch_calls(tree)
-    declared = {c.args[0].value for c in calls["DeclareLaunchArgument"]}
-    assert declared == {"params_file", "points_topic", "image_topic", "camera_info_topic", "use_rviz", "bag",
-                        "use_sim_time"}
-    used = {c.args[0].value for c in calls["LaunchConfiguration"]}
-    assert used == declared, "every argument is used and every used configuration is declared"
-    nodes = {next(k.value.value for k in c.keywords if k.arg == "executable"): c for c in calls["Node"]}
-    assert set(nodes) == {"labeller", "rviz2"}
-    labeller = {k.arg: k.value for k in nodes["labeller"].keywords}
-    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(n.value, ast.Constant)}
-    package = labeller["package"]
-    assert (package.value if isinstance(package, ast.Constant) else constants[package.id]) == "partlift_ros"
-    remapped = {e.elts[0].value: e.elts[1].args[0].value for e in labeller["remappings"].elts}
-    assert remapped == {"points": "points_topic", "image": "image_topic", "camera_info": "camera_info_topic"}
-    # The bag is played with a /clock so the node can run on the bag's time.
-    (bag,) = calls["ExecuteProcess"]
-    cmd = next(k.value for k in bag.keywords if k.arg == "cmd")
-    words = [e.value for e in cmd.elts if isinstance(e, ast.Constant)]
-    assert words[:3] == ["ros2", "bag", "play"] and "--clock" in words
-    # The relative input names in the remappings are the ones the node subscribes to.
+    declared = {c.args[0].value: c for c in calls["DeclareLaunchArgument"]}
+    defaults = {k: next((kw.value.value for kw in c.keywords if kw.arg == "default_value"
+                         and isinstance(kw.value, ast.Constant)), None) for k, c in declared.items()}
+    return tree, calls, declared, defaults
+
+
+def test_launch_files_declare_their_arguments_and_never_evaluate_strings():
+    import ast
     import re
 
-    node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
-    for name in remapped:
-        assert re.search(rf'create_subscription\(\s*[^,]+,\s*"{name}"', node_src), name
+    from partlift_ros.io.kitti2bag import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC
+    from partlift_ros.ros.launching import DEFAULT_TOPICS
+    from partlift_ros.ros.params import build_cameras
+
+    # The topic defaults are the ones `partlift kitti2bag` writes.
+    assert DEFAULT_TOPICS == {"points_topic": POINTS_TOPIC, "image_topic": IMAGE_TOPIC,
+                              "camera_info_topic": CAMERA_INFO_TOPIC}
+    assert (POINTS_TOPIC, IMAGE_TOPIC, CAMERA_INFO_TOPIC) == ("/velodyne_points", "/camera/image_raw",
+                                                              "/camera/camera_info")
+    for name, executable, expected in [
+        ("labeller.launch.py", "labeller", {"params_file", "points_topic", "image_topic", "camera_info_topic",
+                                            "reliable", "use_rviz", "fixed_frame", "bag", "use_sim_time"}),
+        ("student.launch.py", "student", {"checkpoint", "points_topic", "device", "max_points", "tta_rotations",
+                                          "reliable", "bag", "use_sim_time"}),
+    ]:
+        tree, calls, declared, _ = _launch_tree(name)
+        assert set(declared) == expected, name
+        # No PythonExpression: a bag path with a quote in it cannot break the launch (it is one argv element).
+        assert not calls["PythonExpression"], name
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert {"OpaqueFunction", "Shutdown", "bag_player"} <= imported, name
+        (node,) = [c for c in calls["Node"]]
+        kwargs = {k.arg: k.value for k in node.keywords}
+        assert kwargs["executable"].value == executable
+        # The node's exit (exit 2 on refused parameters) ends the launch: nothing is left running.
+        assert isinstance(kwargs["on_exit"], ast.Call) and kwargs["on_exit"].func.id == "Shutdown", name
+        remapped = {e.elts[0].value: e.elts[1].args[0].value for e in kwargs["remappings"].elts}
+        assert remapped["points"] == "points_topic"
+        if executable == "labeller":
+            assert remapped == {"points": "points_topic", "image": "image_topic", "camera_info": "camera_info_topic"}
+            # The relative input names remapped here are the ones the node subscribes to.
+            camera = build_cameras({})[0]
+            assert (camera.image_topic, camera.camera_info_topic) == ("image", "camera_info")
+            node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
+            assert re.search(r'create_subscription\(\s*[^,]+,\s*"points"', node_src)
+
+
+def test_launch_helpers_read_booleans_as_launch_does():
+    from partlift_ros.ros.launching import is_true
+
+    assert [is_true(v) for v in ("true", "True", "1", "yes", "false", "0", "", "off")] == [True] * 4 + [False] * 4
+    with pytest.raises(ValueError):
+        is_true("maybe")
 
 
 def test_params_yaml_holds_the_core_defaults_under_the_node_name():
@@ -740,7 +760,10 @@ def test_rviz_config_shows_the_node_outputs_in_the_lidar_frame():
 
     rviz = yaml.safe_load((REPO / "rviz" / "partlift.rviz").read_text())
     manager = rviz["Visualization Manager"]
-    assert manager["Global Options"]["Fixed Frame"] == LIDAR
+    # The default of the launch files' fixed_frame argument, which overrides it (rviz2 -f).
+    from partlift_ros.ros.launching import DEFAULT_FIXED_FRAME
+
+    assert manager["Global Options"]["Fixed Frame"] == DEFAULT_FIXED_FRAME == LIDAR
     displays = {d["Class"]: d for d in manager["Displays"]}
     cloud = displays["rviz_default_plugins/PointCloud2"]
     assert cloud["Topic"]["Value"] == "/labelled_points" and cloud["Color Transformer"] == "RGB8"

@@ -40,6 +40,7 @@ from ..config import ConfigError
 from ..types import InputError
 from . import conversions as conv
 from .diagnostics import InputLog, labeller_statuses
+from .spin import exit_now, steady_clock
 from .pairing import CameraImage, Cloud, Pairer
 from .params import (
     NODE_KEYS, CameraSpec, NodeSettings, build_cameras, build_config, build_settings, current_values,
@@ -111,11 +112,13 @@ class LabellerNode(Node):
             self.subscriptions_by_input[cam.input_key("camera_info")] = self.create_subscription(
                 msg("CameraInfo"), cam.camera_info_topic, partial(self._on_camera_info, i), input_qos(reliable),
                 callback_group=inputs, **over)
-        timers = MutuallyExclusiveCallbackGroup()
+        # Wall-clock timers: with use_sim_time a paused or finished bag stops /clock, and the node must still
+        # report (inputs gone stale) and give up waiting clouds (pair_timeout is wall time).
+        wall = steady_clock()
         self._diag_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics,
-                                             callback_group=timers)
+                                             callback_group=MutuallyExclusiveCallbackGroup(), clock=wall)
         self._pair_timer = self.create_timer(max(self.settings.pair_timeout / 2, 0.05), self._pair_ready,
-                                             callback_group=inputs)
+                                             callback_group=inputs, clock=wall)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.worker.start()
@@ -251,13 +254,16 @@ class LabellerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry ``labeller`` (``ros2 run partlift_ros labeller``)."""
+    """Run the labeller until shut down; the exit code (0, or 2 when it refused to start)."""
     from .spin import run_node
 
     return run_node(LabellerNode, "labeller", STARTUP_ERRORS, threads=3, args=args)
 
 
-if __name__ == "__main__":
-    import sys
+def console() -> None:
+    """Console entry ``labeller`` (``ros2 run partlift_ros labeller``)."""
+    exit_now(main())
 
-    sys.exit(main())
+
+if __name__ == "__main__":
+    console()

@@ -3,8 +3,9 @@ when asked for and possible, decided in Python at launch time (``OpaqueFunction`
 strings, so a bag path with quotes or spaces is passed through as it is.
 
 - RViz: started when ``use_rviz`` is true and rviz2 is installed; otherwise a warning and the launch goes on.
-- Bag: ``ros2 bag play BAG --clock`` when ``bag`` is set; a bag that does not exist, a missing ``ros2 bag``
-  or a player that fails shuts the whole launch down (with the reason), so no node is left waiting alone.
+- Bag: ``ros2 bag play BAG --clock`` when ``bag`` is set, started once the node says it is ready (its model is
+  loaded), so no frame is lost to start-up; a bag that does not exist, a missing ``ros2 bag`` or a player
+  that fails shuts the whole launch down (with the reason), so no node is left waiting alone.
 - The node itself is started with ``on_exit=Shutdown()`` by the launch files: a node that refuses to start
   (exit 2) or dies takes the launch, RViz and the player down with it, leaving no orphan.
 
@@ -63,10 +64,14 @@ def rviz(context, config: str) -> list:
                  parameters=[{"use_sim_time": use_sim_time}])]
 
 
-def bag_player(context) -> list:
-    """``ros2 bag play BAG --clock`` when ``bag`` is set; the launch shuts down if the bag cannot be played."""
+def bag_player(context, node=None, ready: str = "") -> list:
+    """``ros2 bag play BAG --clock`` when ``bag`` is set; the launch shuts down if the bag cannot be played.
+
+    With ``node`` (the launched node action) and ``ready`` (the line it logs once it can take frames), the bag
+    starts only when that line appears, so no frame of the bag is lost while the node loads its model.
+    """
     from launch.actions import ExecuteProcess, LogInfo, RegisterEventHandler, Shutdown
-    from launch.event_handlers import OnProcessExit
+    from launch.event_handlers import OnProcessExit, OnProcessIO
     from launch.substitutions import LaunchConfiguration
 
     bag = LaunchConfiguration("bag").perform(context)
@@ -88,4 +93,15 @@ def bag_player(context) -> list:
             return [Shutdown(reason=f"ros2 bag play {str(path)!r} failed (exit code {event.returncode})")]
         return [LogInfo(msg=f"bag {str(path)!r} played to the end; the node keeps running (Ctrl-C to stop)")]
 
-    return [player, RegisterEventHandler(OnProcessExit(target_action=player, on_exit=on_exit))]
+    play = [player, RegisterEventHandler(OnProcessExit(target_action=player, on_exit=on_exit))]
+    if node is None or not ready:
+        return play
+    started = []
+
+    def on_output(event):
+        if started or ready.encode() not in event.text:
+            return None
+        started.append(True)
+        return [LogInfo(msg=f"the node is ready: playing {str(path)!r}"), *play]
+
+    return [RegisterEventHandler(OnProcessIO(target_action=node, on_stdout=on_output, on_stderr=on_output))]

@@ -34,6 +34,7 @@ from .diagnostics import OK, WARN, InputLog
 from .params import NUMBER_OR_WORD_KEYS
 from .qos import input_qos, output_qos, overridable
 from .queues import LatestSlot
+from .spin import exit_now, steady_clock
 from .validation import Rejected, check_cloud
 
 PARAMETERS: dict[str, Any] = {
@@ -114,7 +115,7 @@ class StudentNode(Node):
             conv.message_type("PointCloud2"), "points", self._on_points, input_qos(bool(p["reliable"])),
             callback_group=MutuallyExclusiveCallbackGroup(), **qos_options)
         self.create_timer(self._diagnostics_period, self._publish_diagnostics,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+                          callback_group=MutuallyExclusiveCallbackGroup(), clock=steady_clock())
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._work, name="student-worker", daemon=True)
         self._worker.start()
@@ -222,13 +223,16 @@ class StudentNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry ``student`` (``ros2 run partlift_ros student --ros-args -p checkpoint:=student.pt``)."""
+    """Run the student until shut down; the exit code (0, or 2 when it refused to start)."""
     from .spin import run_node
 
     return run_node(StudentNode, "student", (ConfigError, InputError), threads=2, args=args)
 
 
-if __name__ == "__main__":
-    import sys
+def console() -> None:
+    """Console entry ``student`` (``ros2 run partlift_ros student --ros-args -p checkpoint:=student.pt``)."""
+    exit_now(main())
 
-    sys.exit(main())
+
+if __name__ == "__main__":
+    console()
