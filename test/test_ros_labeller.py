@@ -70,8 +70,8 @@ class Rig:
 
     def __init__(self, ctx, executor, labeler, calib, ns: str, fast: bool = True, extrinsic: bool = True,
                  **params) -> None:
-        # compute_threads 0: the node leaves torch's and BLAS's thread pools as the rest of the test session has them.
-        base = {"lidar_frame": LIDAR, "compute_threads": 0, **(FAST if fast else {})}
+        # compute_threads -1: the node leaves torch's and BLAS's thread pools as the rest of the test session has them.
+        base = {"lidar_frame": LIDAR, "compute_threads": -1, **(FAST if fast else {})}
         if extrinsic:
             base["T_cam_lidar"] = calib.T_cam_lidar.reshape(-1).tolist()
         base.update(params)

@@ -72,7 +72,7 @@ class LabellerNode(Node):
         if labeler is not None:
             # An injected labeller keeps its own template list; make it follow this node's parameters.
             pipeline.set_templates(cfg.clip.templates)
-        limit_compute_threads(self.settings.compute_threads)
+        threads = limit_compute_threads(self.settings.compute_threads)
         t0 = time.monotonic()
         warm_up(pipeline)  # raises ModelLoadError: the node does not start with a model it cannot load
         model_s = time.monotonic() - t0
@@ -126,7 +126,8 @@ class LabellerNode(Node):
             f"labeller ready: {len(cfg.classes)} classes, CLIP {cfg.clip.model!r} loaded in {model_s:.1f} s, "
             f"cameras {[c.label for c in self._cameras]}, extrinsics from {self.extrinsics.mode}, affinity online "
             f"(window {cfg.affinity.window_frames}), inputs {'reliable' if self.settings.reliable else 'best effort'}, "
-            f"slop {self.settings.slop} s, max_points {self.settings.max_points}"
+            f"slop {self.settings.slop} s, max_points {self.settings.max_points}, "
+            f"compute threads {threads or 'library defaults'}"
         )
 
     # ------------------------------------------------------------------ public read-outs (tests, tools)

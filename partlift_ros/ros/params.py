@@ -35,10 +35,10 @@ class NodeSettings:
     max_points: int = 300_000  # clouds with more points are refused (bounded latency and memory)
     use_compressed: bool = False  # subscribe to sensor_msgs/CompressedImage on `image` instead of Image
     reliable: bool = False  # inputs: reliable QoS instead of best-effort sensor data (see ros/qos.py)
-    # CPU threads of torch, BLAS and OpenCV in this process (0 = the libraries' defaults, one per core). One
-    # leaves the other cores to the executor threads that decode the next inputs: on a busy 2-core machine the
-    # libraries' thread pools otherwise wait on each other (see benchmarks/soak_labeller.py).
-    compute_threads: int = 1
+    # CPU threads of torch, BLAS and OpenCV in this process: 0 = every core but one (at least one), which is left
+    # to the executor threads that decode the next inputs; N = N threads; -1 = the libraries' defaults (one per
+    # core each, and the pools wait on each other: 3x slower stages on a busy 2-core machine, see soak_labeller.py).
+    compute_threads: int = 0
     T_cam_lidar: list = field(default_factory=list)  # 16 floats, row-major, used when TF has none; [] = unset
     lidar_frame: str = ""  # T_cam_lidar applies to clouds in this frame ("" = any frame)
     camera_frame: str = ""  # ... and to images in this frame ("" = any frame)
@@ -63,8 +63,9 @@ class NodeSettings:
             raise ConfigError(f"T_cam_lidar must have 16 values (row-major 4x4), got {len(self.T_cam_lidar)}")
         if self.diagnostics_period <= 0:
             raise ConfigError(f"diagnostics_period must be > 0 s, got {self.diagnostics_period}")
-        if self.compute_threads < 0:
-            raise ConfigError(f"compute_threads must be >= 0 (0 = the libraries' defaults), got {self.compute_threads}")
+        if self.compute_threads < -1:
+            raise ConfigError(f"compute_threads must be >= -1 (0 = all cores but one, -1 = the libraries' defaults), "
+                              f"got {self.compute_threads}")
         if self.overlay_radius < 0:
             raise ConfigError(f"overlay_radius must be >= 0, got {self.overlay_radius}")
         for name in self.cameras:

@@ -16,6 +16,7 @@ is kept and the reason is logged and counted.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -44,14 +45,18 @@ class Outputs:
     latency_ms: Any
 
 
-def limit_compute_threads(n: int) -> None:
-    """At most ``n`` CPU threads in torch, the BLAS/OpenMP pools (numpy, scikit-learn) and OpenCV; 0 = leave them.
+def limit_compute_threads(n: int) -> int:
+    """Cap the CPU threads of torch, the BLAS/OpenMP pools (numpy, scikit-learn) and OpenCV; returns the cap.
 
-    Process-wide, so the node sets it once at start. Each pipeline stage is a chain of short library calls;
-    with more threads than free cores, every call's fork/join waits for a scheduler slice.
+    ``n`` > 0: that many; 0: every core this process may use but one (at least one), left to the executor
+    threads; -1: leave the libraries' defaults (returns 0). Process-wide, so the node sets it once at start.
+    Each pipeline stage is a chain of short library calls; with more threads than free cores, every call's
+    fork/join waits for a scheduler slice.
     """
-    if n <= 0:
-        return
+    if n < 0:
+        return 0
+    if n == 0:
+        n = max(len(os.sched_getaffinity(0)) - 1, 1)
     import cv2
     import torch
     from threadpoolctl import threadpool_limits
@@ -59,6 +64,7 @@ def limit_compute_threads(n: int) -> None:
     torch.set_num_threads(n)
     threadpool_limits(n)
     cv2.setNumThreads(n)
+    return n
 
 
 def warm_up(pipeline: Any) -> None:
