@@ -2,14 +2,17 @@
 
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 PACKAGE = "partlift_ros"
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(exclude=["test", "test.*", "benchmarks"]),
+    # The demo data folders are listed as (namespace) packages so setuptools installs their files without
+    # warning that an importable folder is missing from `packages`.
+    packages=find_packages(exclude=["test", "test.*", "benchmarks"])
+    + find_namespace_packages(include=["partlift_ros.data", "partlift_ros.data.*"]),
     package_data={PACKAGE: ["data/demo/*", "data/demo/**/*"]},
     include_package_data=True,
     data_files=[
@@ -52,12 +55,11 @@ setup(
     maintainer_email="partlift-ros@users.noreply.github.com",
     description="Open-vocabulary LiDAR semantic labelling by lifting CLIP into 3D (Affinity3D) and distilling it into a LiDAR-only student.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "partlift = partlift_ros.cli:main",
-            "labeller = partlift_ros.ros.labeller_node:main",
-            "student = partlift_ros.ros.student_node:main",
+            "labeller = partlift_ros.ros.labeller_node:console",
+            "student = partlift_ros.ros.student_node:console",
         ],
     },
 )

@@ -4,8 +4,10 @@
 
 Publishes seq08's scans, images and CameraInfo (cycled, stamped with the current time) on the node's
 inputs and prints, every minute and at the end: resident memory (start/end, to spot leaks),
-frames published / labelled / dropped while busy / rejected, and processing-time and
-end-to-end latency percentiles from the node's debug topics.
+frames published / labelled / dropped while busy / rejected, processing-time and end-to-end latency
+percentiles from the node's debug topics, and where a frame's time goes: the node's per-stage times
+(decode, pairing, queue wait, the pipeline's stages, encode, markers, overlay, publish; the same
+figures /diagnostics reports) and the processing time without the CLIP stage.
 
 No CLIP weights ship with the project, so the labeller is a randomly initialised CLIP of the
 chosen size with the real tokenizer: ``tiny`` (2-layer, for plumbing and memory) or ``base``
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("--clip", choices=("tiny", "base"), default="tiny")
     ap.add_argument("--sequence", type=Path, default=SHARED / "data/semantickitti-mini/sequences/08")
     ap.add_argument("--tokenizer", type=Path, default=SHARED / "models/clip-tokenizer")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra node parameter (YAML value), e.g. compute_threads=0; repeatable")
     args = ap.parse_args()
 
     import rclpy
@@ -100,9 +104,12 @@ def main() -> None:
     labeler = ClipLabeler.from_config(clip_config(args.clip), args.tokenizer, PipelineConfig().clip)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=1 + os.getpid() % 200)
+    import yaml
+
+    extra = [Parameter(k, value=yaml.safe_load(v)) for k, v in (p.split("=", 1) for p in args.param)]
     node = LabellerNode(labeler=labeler, namespace="/soak", context=ctx, parameter_overrides=[
         Parameter("T_cam_lidar", value=calib.T_cam_lidar.reshape(-1).tolist()),
-        Parameter("log_throttle", value=30.0),
+        Parameter("log_throttle", value=30.0), *extra,
     ])
     player = Node("player", namespace="/soak", context=ctx)
     pubs = {k: player.create_publisher(t, k, qos_profile_sensor_data)
@@ -134,7 +141,8 @@ def main() -> None:
     spinner.start()
     time.sleep(1.0)  # discovery
     rss_start = rss_mib()
-    print(f"soak: {args.minutes} min at {args.rate} Hz, {len(frames)} real frames of {args.sequence.name} "
+    print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes share them)")
+    print(f"soak: {args.minutes} min at {args.rate} Hz, params {args.param or 'default'}, {len(frames)} real frames of {args.sequence.name} "
           f"({frames[0].points.shape[0]} pts, {w}x{h}), CLIP {args.clip} (random init); RSS at start {rss_start:.0f} MiB")
     timer = player.create_timer(1.0 / args.rate, tick)
     t_start = time.monotonic()
@@ -160,7 +168,11 @@ def main() -> None:
           f"labelled {stats['labelled']} ({stats['labelled'] / elapsed:.2f} Hz), labelled_points received {received[0]}")
     print(f"dropped while busy {stats['dropped']}, rejected {stats['rejected']} {node.rejected_counts()}")
     print(f"processing ms: {percentiles(proc_ms)}")
+    print(f"processing without the clip stage ms: {percentiles(stats['processing_without_clip_ms'])}")
+    print("stage p50 ms (per labelled frame; queue = waiting for the worker, not counted in processing):")
+    print("  " + "  ".join(f"{k} {np.percentile(v, 50):.1f}" for k, v in stats["stages_ms"].items() if v))
     print(f"latency ms (now - cloud stamp): {percentiles(latency_ms)}")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
     print(f"RSS start {rss_start:.0f} MiB, end {rss_end:.0f} MiB, growth {rss_end - rss_start:+.0f} MiB")
 
 

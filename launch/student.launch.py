@@ -1,18 +1,20 @@
-"""Launch the distilled LiDAR-only student (no camera needed).
+"""Launch the distilled LiDAR-only student (no camera needed), with a rosbag2 replay when given.
 
-    ros2 launch partlift_ros student.launch.py checkpoint:=/runs/student/student.pt points_topic:=/velodyne_points
-    ros2 launch partlift_ros student.launch.py checkpoint:=... device:=cuda bag:=/data/drive_0008 use_sim_time:=true
+    ros2 launch partlift_ros student.launch.py checkpoint:=/runs/student/student.pt
+    ros2 launch partlift_ros student.launch.py checkpoint:=... device:=cuda bag:=drive.mcap use_sim_time:=true
 
-The node subscribes to the relative name ``points`` and publishes ``labelled_points`` (the labeller's layout);
-this file remaps the input.
+The node subscribes to the relative name ``points`` (default remap: /velodyne_points, as `partlift kitti2bag`
+writes) and publishes ``labelled_points`` (the labeller's layout). When the student stops (a missing
+checkpoint: exit 2), the launch stops with it. See partlift_ros/ros/launching.py.
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from partlift_ros.ros.launching import DEFAULT_TOPICS, bag_player
 
 PACKAGE = "partlift_ros"
 
@@ -20,10 +22,13 @@ PACKAGE = "partlift_ros"
 def generate_launch_description() -> LaunchDescription:
     arguments = [
         DeclareLaunchArgument("checkpoint", description="student.pt written by `partlift train`"),
-        DeclareLaunchArgument("points_topic", default_value="/points_raw", description="sensor_msgs/PointCloud2 input"),
+        DeclareLaunchArgument("points_topic", default_value=DEFAULT_TOPICS["points_topic"],
+                              description="sensor_msgs/PointCloud2 input"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
         DeclareLaunchArgument("max_points", default_value="300000", description="larger clouds are refused"),
         DeclareLaunchArgument("tta_rotations", default_value="0", description="extra rotated passes averaged"),
+        DeclareLaunchArgument("reliable", default_value="false",
+                              description="subscribe to the points reliably (default: best-effort sensor data)"),
         DeclareLaunchArgument("bag", default_value="",
                               description="rosbag2 to play with 'ros2 bag play --clock' (empty: live topics)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock (true with bag:=...)"),
@@ -38,13 +43,12 @@ def generate_launch_description() -> LaunchDescription:
             "device": LaunchConfiguration("device"),
             "max_points": ParameterValue(LaunchConfiguration("max_points"), value_type=int),
             "tta_rotations": ParameterValue(LaunchConfiguration("tta_rotations"), value_type=int),
+            "reliable": ParameterValue(LaunchConfiguration("reliable"), value_type=bool),
             "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
         }],
         remappings=[("points", LaunchConfiguration("points_topic"))],
+        on_exit=Shutdown(reason="the student stopped"),
     )
-    bag = ExecuteProcess(
-        cmd=["ros2", "bag", "play", "--clock", LaunchConfiguration("bag")],
-        condition=IfCondition(PythonExpression(["'", LaunchConfiguration("bag"), "' != ''"])),
-        output="screen",
-    )
+    # The bag starts once the student logs "student ready" (its checkpoint is loaded).
+    bag = OpaqueFunction(function=bag_player, kwargs={"node": student, "ready": "student ready"})
     return LaunchDescription([*arguments, student, bag])

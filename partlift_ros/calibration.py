@@ -5,6 +5,7 @@ Projection: [u v 1]^T = K · T_cam_lidar · [x y z 1]^T / d, with d the camera-f
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def se3(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 def invert_se3(T: np.ndarray) -> np.ndarray:
     R, t = T[:3, :3], T[:3, 3]
     return se3(R.T, -R.T @ t)
+
+
+def chain_transform(edges: list[tuple[str, str, np.ndarray]], source: str, target: str) -> np.ndarray | None:
+    """T_target_source (maps ``source`` coordinates into ``target``) through a tree of
+    (parent, child, T_parent_child) edges, or None when the frames are not connected."""
+    if source == target:
+        return np.eye(4)
+    graph: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for parent, child, T in edges:
+        graph.setdefault(child, []).append((parent, T))  # child coords -> parent coords
+        graph.setdefault(parent, []).append((child, invert_se3(T)))
+    seen = {source: np.eye(4)}
+    queue = deque([source])
+    while queue:
+        frame = queue.popleft()
+        for nxt, T in graph.get(frame, []):
+            if nxt not in seen:
+                seen[nxt] = T @ seen[frame]
+                if nxt == target:
+                    return seen[nxt]
+                queue.append(nxt)
+    return None
 
 
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:

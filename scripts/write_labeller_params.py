@@ -3,11 +3,14 @@
 Usage: python scripts/write_labeller_params.py   (test_ros_labeller checks the file matches the code)
 """
 
+import sys
 from pathlib import Path
 
 import yaml
 
-from partlift_ros.ros.params import core_defaults, node_defaults
+# This checkout's package, not an installed copy of another one (the file must match the code next to it).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from partlift_ros.ros.params import core_defaults, node_defaults  # noqa: E402
 
 HEADER = """\
 # Parameters of the partlift labeller node (ros2 launch partlift_ros labeller.launch.py params_file:=...).
@@ -20,6 +23,8 @@ HEADER = """\
 #   cameras: [front, left]                                        # a surround rig, then per camera:
 #   front: {image_topic: front/image, camera_info_topic: front/camera_info, T_cam_lidar: [...]}
 # The node runs the affinity stage online (causal); "offline" is refused.
+# QoS: reliable: true subscribes to the inputs reliably; any topic also takes rclpy's standard overrides,
+#   qos_overrides./velodyne_points.subscription.reliability: reliable   (read at start; see ros/qos.py)
 """
 
 

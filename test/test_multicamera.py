@@ -274,7 +274,7 @@ def test_node_labels_with_two_camera_topic_pairs(ros_context, labeler, rig):
     params = {**FAST, "cameras": ["left", "right"], "right.image_topic": "cams/right/image_rect",
               "left.T_cam_lidar": left.T_cam_lidar.reshape(-1).tolist(),
               "right.T_cam_lidar": right.T_cam_lidar.reshape(-1).tolist(),
-              "lidar_frame": "velodyne", "pair_timeout": 0.3, "diagnostics_period": 0.2}
+              "lidar_frame": "velodyne", "pair_timeout": 0.3, "diagnostics_period": 0.2, "compute_threads": -1}
     node = LabellerNode(labeler=labeler, namespace=ns, context=ctx,
                         parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
     probe = Node("probe", namespace=ns, context=ctx)

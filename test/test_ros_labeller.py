@@ -21,7 +21,7 @@ pytest.importorskip("diagnostic_msgs.msg")
 
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
@@ -68,8 +68,12 @@ def ros_context():
 class Rig:
     """One labeller node plus a probe node in its namespace that publishes inputs and records outputs."""
 
-    def __init__(self, ctx, executor, labeler, calib, ns: str, fast: bool = True, **params) -> None:
-        base = {"T_cam_lidar": calib.T_cam_lidar.reshape(-1).tolist(), "lidar_frame": LIDAR, **(FAST if fast else {})}
+    def __init__(self, ctx, executor, labeler, calib, ns: str, fast: bool = True, extrinsic: bool = True,
+                 **params) -> None:
+        # compute_threads -1: the node leaves torch's and BLAS's thread pools as the rest of the test session has them.
+        base = {"lidar_frame": LIDAR, "compute_threads": -1, **(FAST if fast else {})}
+        if extrinsic:
+            base["T_cam_lidar"] = calib.T_cam_lidar.reshape(-1).tolist()
         base.update(params)
         self.executor = executor
         self.calib = calib
@@ -79,10 +83,12 @@ class Rig:
         )
         self.probe = Node("probe", namespace=ns, context=ctx)
         p = self.probe
+        # Reliable publishers: they match the node's best-effort inputs and its `reliable: true` ones alike.
+        sensor = QoSProfile(depth=10)
         self.pub = {
-            "points": p.create_publisher(PointCloud2, "points", qos_profile_sensor_data),
-            "image": p.create_publisher(Image, "image", qos_profile_sensor_data),
-            "camera_info": p.create_publisher(CameraInfo, "camera_info", qos_profile_sensor_data),
+            "points": p.create_publisher(PointCloud2, "points", sensor),
+            "image": p.create_publisher(Image, "image", sensor),
+            "camera_info": p.create_publisher(CameraInfo, "camera_info", sensor),
         }
         self.got: dict[str, list] = defaultdict(list)
         self._lock = threading.Lock()
@@ -119,12 +125,15 @@ class Rig:
         self.pub[what].publish(msg)
         wait_until(lambda: self.node.stats()["received"].get(what, 0) > before, 10, f"{what} to arrive")
 
-    def send_frame(self, points, image, stamp: float, K=None):
-        """CameraInfo, image, cloud at one stamp; returns the labelled_points message for it."""
+    def send_frame(self, points, image, stamp: float, K=None, cloud=None):
+        """CameraInfo, image, cloud at one stamp (``cloud``: a PointCloud2 to send instead of one of
+        ``points``); returns the labelled_points message for it."""
         labelled_before = self.node.stats()["labelled"]
         self.send("camera_info", camera_info(self.calib.K if K is None else K, image, stamp))
         self.send("image", image_msg(image, stamp))
-        self.send("points", cloud_msg(points, stamp))
+        if cloud is not None:
+            cloud.header = _header(cloud.header.frame_id or LIDAR, stamp)
+        self.send("points", cloud if cloud is not None else cloud_msg(points, stamp))
         wait_until(lambda: self.node.stats()["labelled"] > labelled_before, 30, f"frame at {stamp} to be labelled")
         stamp_msg = conv.sec_to_stamp(stamp)
         key = (stamp_msg.sec, stamp_msg.nanosec)
@@ -144,8 +153,9 @@ def rig_factory(ros_context, labeler, kitti):
     ctx, executor = ros_context
     made = []
 
-    def make(ns: str, fast: bool = True, **params) -> Rig:
-        rig = Rig(ctx, executor, labeler, kitti[0], ns, fast, **params)
+    def make(ns: str, fast: bool = True, extrinsic: bool = True, own_model: bool = False, **params) -> Rig:
+        """``own_model``: the node loads ``clip.model`` itself instead of sharing the test's labeller."""
+        rig = Rig(ctx, executor, None if own_model else labeler, kitti[0], ns, fast, extrinsic, **params)
         made.append(rig)
         return rig
 
@@ -422,13 +432,15 @@ def test_hostile_inputs_are_counted_and_the_next_good_frame_is_labelled(rig_fact
         assert out.width == good.shape[0], name
         assert (decode_pointcloud2(out)["label"] >= 0).any(), name
 
-    # NaN in some points is repaired, not refused: those points are dropped and the rest labelled.
+    # NaN in some points is not refused: those points keep their index and come back unlabelled.
     t += 1.0
     partly = good.copy()
     partly[::3, 0] = np.nan
-    out = rig.send_frame(partly, image, t, K)
-    assert out.width == int(np.isfinite(partly[:, 0]).sum())
-    assert rig.node.repaired_counts()["cloud_nonfinite_points_dropped"] == 1
+    out = decode_pointcloud2(rig.send_frame(partly, image, t, K))
+    assert out.shape == (good.shape[0],)
+    assert (out["label"][::3] == -1).all() and (out["confidence"][::3] == 0).all()
+    assert (out["label"] >= 0).any()
+    np.testing.assert_array_equal(out["y"], partly[:, 1])
 
     # Every reason shows up on /diagnostics with its count.
     expected = rig.node.rejected_counts()
@@ -445,6 +457,143 @@ def test_hostile_inputs_are_counted_and_the_next_good_frame_is_labelled(rig_fact
     wait_until(lambda: all(reported().get(f"rejected {k}") == str(v) for k, v in rig.node.rejected_counts().items()),
                10, "diagnostics to report every rejection")
     assert rig.node.stats()["labelled"] == len(cases) + 2
+
+
+def test_organised_cloud_keeps_its_layout_and_no_return_cells_stay_unlabelled(rig_factory, kitti):
+    """The one non-finite policy: an organised cloud with no-return (NaN) cells comes back height x width, label i
+    for input point i, the NaN cells unlabelled; its 0..255 uint8 intensity is read as 0..1."""
+    calib, frames = kitti
+    rig = rig_factory("/organised")
+    frame = frames[0]
+    rows = 8
+    cols = frame.points.shape[0] // 4 // rows
+    pts = frame.points[::4][: rows * cols]
+    grid = np.zeros((rows, cols), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("intensity", "u1")])
+    for i, name in enumerate(("x", "y", "z")):
+        grid[name] = pts[:, i].reshape(rows, cols)
+    grid["intensity"] = np.round(pts[:, 3] * 255).reshape(rows, cols)
+    no_return = np.zeros((rows, cols), bool)
+    no_return[:, ::7] = True
+    no_return[3] = True
+    for name in ("x", "y", "z"):
+        grid[name][no_return] = np.nan
+    out = rig.send_frame(None, frame.camera.image, 5000.0,
+                         cloud=conv.pointcloud2_msg(grid, _header(LIDAR, 5000.0)))
+    assert (out.height, out.width) == (rows, cols)
+    cloud = decode_pointcloud2(out).reshape(rows, cols)
+    np.testing.assert_array_equal(cloud["x"][~no_return], grid["x"][~no_return])
+    assert np.isnan(cloud["x"][no_return]).all()
+    assert (cloud["label"][no_return] == -1).all() and (cloud["confidence"][no_return] == 0).all()
+    assert (cloud["label"][~no_return] >= 0).sum() > 50
+    np.testing.assert_allclose(cloud["intensity"], grid["intensity"] / 255.0, atol=1e-6)
+    assert not out.is_dense
+
+
+def _transform_stamped(parent: str, child: str, T: np.ndarray, stamp: float):
+    from geometry_msgs.msg import TransformStamped
+
+    from partlift_ros.calibration import matrix_to_quaternion
+
+    t = TransformStamped()
+    t.header = _header(parent, stamp)
+    t.child_frame_id = child
+    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in T[:3, 3])
+    q = matrix_to_quaternion(T[:3, :3])
+    t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z, t.transform.rotation.w = q
+    return t
+
+
+def test_a_tf_static_tree_through_base_link_gives_the_parameters_extrinsic(rig_factory, kitti):
+    """Without tf2_ros the node follows /tf_static itself: base_link -> velodyne and base_link -> camera give the
+    same T_cam_lidar as the parameter, so the labels are identical."""
+    from partlift_ros.calibration import invert_se3, se3
+
+    calib, frames = kitti
+    frame = frames[0]
+    small = frame.points[::6]
+    # KITTI's calibrated rotation is orthonormal to ~1e-7 only; TF carries quaternions, so use its nearest rotation.
+    u, _, vt = np.linalg.svd(calib.T_cam_lidar[:3, :3])
+    T_cam_lidar = se3(u @ vt, calib.T_cam_lidar[:3, 3])
+    by_param = rig_factory("/tf_param", T_cam_lidar=T_cam_lidar.reshape(-1).tolist())
+    by_tf = rig_factory("/tf_tree", extrinsic=False)
+    # A mounting that is not the identity anywhere: the LiDAR on the roof, the camera further forward.
+    c, s = np.cos(0.3), np.sin(0.3)
+    T_base_lidar = se3(np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]), np.array([0.2, -0.1, 1.7]))
+    T_base_cam = T_base_lidar @ invert_se3(T_cam_lidar)
+    transforms = [_transform_stamped("base_link", LIDAR, T_base_lidar, 0.0),
+                  _transform_stamped("/base_link", CAMERA, T_base_cam, 0.0)]
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:  # no tf2_msgs here: hand the node the message its /tf_static subscription would get
+        assert by_tf.node.extrinsics.mode == "parameters"
+        by_tf.node.extrinsics.on_tf_message(type("TFMessage", (), {"transforms": transforms})(), static=True)
+    else:
+        from rclpy.qos import DurabilityPolicy
+
+        assert by_tf.node.extrinsics.mode in ("topics", "tf2_ros")
+        pub = by_tf.probe.create_publisher(TFMessage, "/tf_static",
+                                           QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        pub.publish(TFMessage(transforms=transforms))
+    wait_until(lambda: by_tf.node.extrinsics(LIDAR, CAMERA, by_tf.node.cameras[0], by_tf.node.settings) is not None,
+               10, "the TF chain")
+    T = by_tf.node.extrinsics(LIDAR, CAMERA, by_tf.node.cameras[0], by_tf.node.settings)
+    np.testing.assert_allclose(T, T_cam_lidar, atol=1e-12)
+    want = decode_pointcloud2(by_param.send_frame(small, frame.camera.image, 6000.0))["label"]
+    got = decode_pointcloud2(by_tf.send_frame(small, frame.camera.image, 6000.0))["label"]
+    np.testing.assert_array_equal(got, want)
+    assert (got >= 0).sum() > 50
+    # A transform that cannot be used is refused, and the chain already known stays.
+    bad = _transform_stamped("base_link", "broken", np.eye(4), 0.0)
+    bad.transform.rotation.w = 0.0
+    by_tf.node.extrinsics.on_tf_message(type("TFMessage", (), {"transforms": [bad]})(), static=False)
+    assert by_tf.counted("tf_invalid") == 1
+    assert by_tf.node.extrinsics(LIDAR, CAMERA, by_tf.node.cameras[0], by_tf.node.settings) is not None
+
+
+def test_qos_overrides_and_the_reliable_switch_reach_every_topic(rig_factory):
+    from rclpy.qos import ReliabilityPolicy
+
+    plain = rig_factory("/qos_default").node
+    for sub in plain.subscriptions_by_input.values():
+        assert sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert plain.worker.outputs.points.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+
+    switched = rig_factory("/qos_reliable", reliable=True).node
+    assert all(sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+               for sub in switched.subscriptions_by_input.values())
+
+    overridden = rig_factory("/qos_over", **{
+        "qos_overrides./qos_over/points.subscription.reliability": "reliable",
+        "qos_overrides./qos_over/points.subscription.depth": 3,
+        "qos_overrides./qos_over/labelled_points.publisher.depth": 9,
+        "qos_overrides./qos_over/overlay.publisher.reliability": "best_effort",
+    }).node
+    points = overridden.subscriptions_by_input["points"].qos_profile
+    assert (points.reliability, points.depth) == (ReliabilityPolicy.RELIABLE, 3)
+    assert overridden.subscriptions_by_input["image"].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    assert overridden.worker.outputs.points.qos_profile.depth == 9
+    assert overridden.worker.outputs.overlays[0].qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+    # The overrides are read at start: a running node refuses to change them, as it refuses `reliable`.
+    for bad in (Parameter("qos_overrides./qos_over/points.subscription.depth", value=4),
+                Parameter("reliable", value=False)):
+        (res,) = overridden.set_parameters([bad])
+        assert not res.successful
+
+
+def test_the_clip_model_is_loaded_at_start_not_on_the_first_frame(rig_factory, kitti, tiny_clip_dir, tmp_path):
+    """The node loads clip.model before it subscribes: once it is up, the model folder can even disappear and the
+    first frame is still labelled (a node that loaded on the first frame would fail every frame)."""
+    import shutil
+
+    calib, frames = kitti
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, folder)
+    rig = rig_factory("/own_model", own_model=True, **{"clip.model": str(folder), "clip.local_files_only": True})
+    shutil.rmtree(folder)
+    frame = frames[0]
+    out = rig.send_frame(frame.points[::6], frame.camera.image, 7000.0)
+    assert (decode_pointcloud2(out)["label"] >= 0).sum() > 50
+    assert rig.node.rejected_counts() == {}
 
 
 def test_vocabulary_and_templates_change_at_runtime(rig_factory, kitti, labeler):
@@ -518,44 +667,64 @@ def _launch_calls(tree) -> dict[str, list]:
     return calls
 
 
-def test_launch_file_declares_the_arguments_and_remaps_the_node_inputs():
+def _launch_tree(name: str):
     import ast
 
-    tree = ast.parse((REPO / "launch" / "labeller.launch.py").read_text())
-    funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    assert "generate_launch_description" in funcs
-    imported = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    for module, name in [("launch", "LaunchDescription"), ("launch.actions", "DeclareLaunchArgument"),
-                         ("launch.actions", "ExecuteProcess"), ("launch.conditions", "IfCondition"),
-                         ("launch.substitutions", "LaunchConfiguration"), ("launch_ros.actions", "Node"),
-                         ("launch_ros.substitutions", "FindPackageShare")]:
-        assert (module, name) in imported, f"{module}.{name}"
+    tree = ast.parse((REPO / "launch" / name).read_text())
     calls = _launch_calls(tree)
-    declared = {c.args[0].value for c in calls["DeclareLaunchArgument"]}
-    assert declared == {"params_file", "points_topic", "image_topic", "camera_info_topic", "use_rviz", "bag",
-                        "use_sim_time"}
-    used = {c.args[0].value for c in calls["LaunchConfiguration"]}
-    assert used == declared, "every argument is used and every used configuration is declared"
-    nodes = {next(k.value.value for k in c.keywords if k.arg == "executable"): c for c in calls["Node"]}
-    assert set(nodes) == {"labeller", "rviz2"}
-    labeller = {k.arg: k.value for k in nodes["labeller"].keywords}
-    constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-                 for t in n.targets if isinstance(n.value, ast.Constant)}
-    package = labeller["package"]
-    assert (package.value if isinstance(package, ast.Constant) else constants[package.id]) == "partlift_ros"
-    remapped = {e.elts[0].value: e.elts[1].args[0].value for e in labeller["remappings"].elts}
-    assert remapped == {"points": "points_topic", "image": "image_topic", "camera_info": "camera_info_topic"}
-    # The bag is played with a /clock so the node can run on the bag's time.
-    (bag,) = calls["ExecuteProcess"]
-    cmd = next(k.value for k in bag.keywords if k.arg == "cmd")
-    words = [e.value for e in cmd.elts if isinstance(e, ast.Constant)]
-    assert words[:3] == ["ros2", "bag", "play"] and "--clock" in words
-    # The relative input names in the remappings are the ones the node subscribes to.
+    declared = {c.args[0].value: c for c in calls["DeclareLaunchArgument"]}
+    defaults = {k: next((kw.value.value for kw in c.keywords if kw.arg == "default_value"
+                         and isinstance(kw.value, ast.Constant)), None) for k, c in declared.items()}
+    return tree, calls, declared, defaults
+
+
+def test_launch_files_declare_their_arguments_and_never_evaluate_strings():
+    import ast
     import re
 
-    node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
-    for name in remapped:
-        assert re.search(rf'create_subscription\(\s*[^,]+,\s*"{name}"', node_src), name
+    from partlift_ros.io.kitti2bag import CAMERA_INFO_TOPIC, IMAGE_TOPIC, POINTS_TOPIC
+    from partlift_ros.ros.launching import DEFAULT_TOPICS
+    from partlift_ros.ros.params import build_cameras
+
+    # The topic defaults are the ones `partlift kitti2bag` writes.
+    assert DEFAULT_TOPICS == {"points_topic": POINTS_TOPIC, "image_topic": IMAGE_TOPIC,
+                              "camera_info_topic": CAMERA_INFO_TOPIC}
+    assert (POINTS_TOPIC, IMAGE_TOPIC, CAMERA_INFO_TOPIC) == ("/velodyne_points", "/camera/image_raw",
+                                                              "/camera/camera_info")
+    for name, executable, expected in [
+        ("labeller.launch.py", "labeller", {"params_file", "points_topic", "image_topic", "camera_info_topic",
+                                            "reliable", "use_rviz", "fixed_frame", "bag", "use_sim_time"}),
+        ("student.launch.py", "student", {"checkpoint", "points_topic", "device", "max_points", "tta_rotations",
+                                          "reliable", "bag", "use_sim_time"}),
+    ]:
+        tree, calls, declared, _ = _launch_tree(name)
+        assert set(declared) == expected, name
+        # No PythonExpression: a bag path with a quote in it cannot break the launch (it is one argv element).
+        assert not calls["PythonExpression"], name
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert {"OpaqueFunction", "Shutdown", "bag_player"} <= imported, name
+        (node,) = [c for c in calls["Node"]]
+        kwargs = {k.arg: k.value for k in node.keywords}
+        assert kwargs["executable"].value == executable
+        # The node's exit (exit 2 on refused parameters) ends the launch: nothing is left running.
+        assert isinstance(kwargs["on_exit"], ast.Call) and kwargs["on_exit"].func.id == "Shutdown", name
+        remapped = {e.elts[0].value: e.elts[1].args[0].value for e in kwargs["remappings"].elts}
+        assert remapped["points"] == "points_topic"
+        if executable == "labeller":
+            assert remapped == {"points": "points_topic", "image": "image_topic", "camera_info": "camera_info_topic"}
+            # The relative input names remapped here are the ones the node subscribes to.
+            camera = build_cameras({})[0]
+            assert (camera.image_topic, camera.camera_info_topic) == ("image", "camera_info")
+            node_src = (REPO / "partlift_ros" / "ros" / "labeller_node.py").read_text()
+            assert re.search(r'create_subscription\(\s*[^,]+,\s*"points"', node_src)
+
+
+def test_launch_helpers_read_booleans_as_launch_does():
+    from partlift_ros.ros.launching import is_true
+
+    assert [is_true(v) for v in ("true", "True", "1", "yes", "false", "0", "", "off")] == [True] * 4 + [False] * 4
+    with pytest.raises(ValueError):
+        is_true("maybe")
 
 
 def test_params_yaml_holds_the_core_defaults_under_the_node_name():
@@ -591,7 +760,10 @@ def test_rviz_config_shows_the_node_outputs_in_the_lidar_frame():
 
     rviz = yaml.safe_load((REPO / "rviz" / "partlift.rviz").read_text())
     manager = rviz["Visualization Manager"]
-    assert manager["Global Options"]["Fixed Frame"] == LIDAR
+    # The default of the launch files' fixed_frame argument, which overrides it (rviz2 -f).
+    from partlift_ros.ros.launching import DEFAULT_FIXED_FRAME
+
+    assert manager["Global Options"]["Fixed Frame"] == DEFAULT_FIXED_FRAME == LIDAR
     displays = {d["Class"]: d for d in manager["Displays"]}
     cloud = displays["rviz_default_plugins/PointCloud2"]
     assert cloud["Topic"]["Value"] == "/labelled_points" and cloud["Color Transformer"] == "RGB8"

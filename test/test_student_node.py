@@ -172,3 +172,35 @@ def test_bad_clouds_are_counted_dropped_and_the_node_keeps_labelling(rig, scan):
     assert (out["label"][keep] >= 0).all()
     statuses = {s.name.split(": ")[-1]: {kv.key: kv.value for kv in s.values} for s in node.diagnostic_statuses()}
     assert statuses["rejected inputs"]["rejected cloud_too_large"] == "1"
+
+
+def test_organised_cloud_keeps_its_layout_and_follows_the_intensity_rule(rig, scan, checkpoint):
+    """The one non-finite policy and intensity rule, as in the labeller: an organised cloud with no-return cells
+    comes back height x width with those cells unlabelled, and a uint16 intensity is read as 0..1 (the scale the
+    student was trained on), so the labels equal the student's on the normalised points."""
+    node, pub, outputs = rig
+    rows = 4
+    cols = len(scan) // rows
+    pts = scan[: rows * cols]
+    grid = np.zeros((rows, cols), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("pad", "<f4"),
+                                         ("intensity", "<u2"), ("ring", "<u2")])
+    for i, name in enumerate(("x", "y", "z")):
+        grid[name] = pts[:, i].reshape(rows, cols)
+    grid["intensity"] = np.round(pts[:, 3] * 65535).reshape(rows, cols)
+    no_return = np.zeros((rows, cols), bool)
+    no_return[:, 1::9] = True
+    grid["z"][no_return] = np.nan
+    before = node.stats()["labelled"]
+    pub.publish(conv.pointcloud2_msg(grid, conv.make_header("velodyne", conv.sec_to_stamp(300.0))))
+    wait_until(lambda: node.stats()["labelled"] > before, 30, "the organised cloud to be labelled")
+    wait_until(lambda: any(m.header.stamp.sec == 300 for m in outputs("labelled_points")), 10, "labelled_points")
+    msg = next(m for m in outputs("labelled_points") if m.header.stamp.sec == 300)
+    assert (msg.height, msg.width) == (rows, cols)
+    out = decode_pointcloud2(msg).reshape(rows, cols)
+    assert (out["label"][no_return] == IGNORE).all()
+    model, _ = load_student(checkpoint)
+    finite = pts[~no_return.reshape(-1)].copy()
+    finite[:, 3] = grid["intensity"][~no_return] / 65535.0
+    labels, _ = predict(model, finite)
+    np.testing.assert_array_equal(out["label"][~no_return], labels)
+    np.testing.assert_allclose(out["intensity"][~no_return], finite[:, 3], atol=1e-6)

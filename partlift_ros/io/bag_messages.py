@@ -1,4 +1,6 @@
-"""Single rosbag2 messages without ROS: CDR headers read without a full decode, CameraInfo checks, TF chains.
+"""Single rosbag2 messages without ROS: CDR headers read without a full decode, CameraInfo checks.
+
+TF chains are ``calibration.chain_transform`` (the node follows /tf with the same code).
 
 Used by ``rosbag_reader.RosbagReader``; every function raises ``InputError`` saying which message is wrong.
 """
@@ -6,7 +8,6 @@ Used by ``rosbag_reader.RosbagReader``; every function raises ``InputError`` say
 from __future__ import annotations
 
 import struct
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import invert_se3
 from ..types import InputError
 
 
@@ -69,29 +69,6 @@ def camera_model(msg: Any, where: str) -> CameraModel:
             )
         D = d[:5]
     return CameraModel(stamp=stamp_of(msg), K=K, D=D, size=(width, height))
-
-
-def chain_transform(edges: list[tuple[str, str, np.ndarray]], source: str, target: str) -> np.ndarray | None:
-    """T_target_source (maps ``source`` coordinates into ``target``) through a tree of
-    (parent, child, T_parent_child) edges, or None when the frames are not connected."""
-    if source == target:
-        return np.eye(4)
-    graph: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for parent, child, T in edges:
-        graph.setdefault(child, []).append((parent, T))  # child coords -> parent coords
-        graph.setdefault(parent, []).append((child, invert_se3(T)))
-    seen = {source: np.eye(4)}
-    queue = deque([source])
-    while queue:
-        frame = queue.popleft()
-        for nxt, T in graph.get(frame, []):
-            if nxt not in seen:
-                seen[nxt] = T @ seen[frame]
-                if nxt == target:
-                    return seen[nxt]
-                queue.append(nxt)
-    return None
-
 
 
 @contextmanager

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import transform_to_matrix
-from .bag_messages import CameraModel, camera_model, chain_transform, decoding, frame_name, header_from_cdr, stamp_of
+from ..calibration import chain_transform, transform_to_matrix
+from .bag_messages import CameraModel, camera_model, decoding, frame_name, header_from_cdr, stamp_of
 from ..pairing import nearest_indices, nearest_within
 from ..types import CameraView, Frame, InputError
 

@@ -20,6 +20,17 @@ from ..types import InputError, LabelledCloud
 _PLUMB_BOB_MODELS = ("", "plumb_bob", "rational_polynomial")
 
 
+def message_type(name: str):
+    """The nodes' message classes by name, imported when a node is built."""
+    if name in ("PointCloud2", "Image", "CompressedImage", "CameraInfo"):
+        import sensor_msgs.msg as mod
+    elif name == "MarkerArray":
+        import visualization_msgs.msg as mod
+    else:
+        import std_msgs.msg as mod
+    return getattr(mod, name)
+
+
 def stamp_to_sec(stamp: Any) -> float:
     """builtin_interfaces/Time (rclpy or rosbags) -> float seconds."""
     return int(stamp.sec) + int(stamp.nanosec) * 1e-9

@@ -34,6 +34,11 @@ class NodeSettings:
     slop: float = 0.05  # s, max |cloud stamp - image stamp| for a pair
     max_points: int = 300_000  # clouds with more points are refused (bounded latency and memory)
     use_compressed: bool = False  # subscribe to sensor_msgs/CompressedImage on `image` instead of Image
+    reliable: bool = False  # inputs: reliable QoS instead of best-effort sensor data (see ros/qos.py)
+    # CPU threads of torch, BLAS and OpenCV in this process: 0 = every core but one (at least one), which is left
+    # to the executor threads that decode the next inputs; N = N threads; -1 = the libraries' defaults (one per
+    # core each, and the pools wait on each other: 3x slower stages on a busy 2-core machine, see soak_labeller.py).
+    compute_threads: int = 0
     T_cam_lidar: list = field(default_factory=list)  # 16 floats, row-major, used when TF has none; [] = unset
     lidar_frame: str = ""  # T_cam_lidar applies to clouds in this frame ("" = any frame)
     camera_frame: str = ""  # ... and to images in this frame ("" = any frame)
@@ -58,6 +63,9 @@ class NodeSettings:
             raise ConfigError(f"T_cam_lidar must have 16 values (row-major 4x4), got {len(self.T_cam_lidar)}")
         if self.diagnostics_period <= 0:
             raise ConfigError(f"diagnostics_period must be > 0 s, got {self.diagnostics_period}")
+        if self.compute_threads < -1:
+            raise ConfigError(f"compute_threads must be >= -1 (0 = all cores but one, -1 = the libraries' defaults), "
+                              f"got {self.compute_threads}")
         if self.overlay_radius < 0:
             raise ConfigError(f"overlay_radius must be >= 0, got {self.overlay_radius}")
         for name in self.cameras:
@@ -68,8 +76,18 @@ class NodeSettings:
 
 NODE_KEYS = tuple(f.name for f in fields(NodeSettings))
 
+# Keys that take a word or a number ("auto" or 255): declared dynamically typed so both are accepted.
+NUMBER_OR_WORD_KEYS = ("points.intensity_scale",)
 # Changing these needs the CLIP model to be loaded again.
 MODEL_KEYS = ("clip.model", "clip.processor", "clip.device")
+# Fixed at start (they decide subscriptions and buffers): a change is refused with "restart".
+RESTART_KEYS = {
+    "use_compressed": "use_compressed changes the subscription type",
+    "reliable": "reliable changes the subscriptions' QoS",
+    "image_buffer": "image_buffer is fixed at start",
+    "compute_threads": "compute_threads is set once per process",
+    "cameras": "the camera list and topics are fixed at start",
+}
 
 
 def core_defaults() -> dict[str, Any]:
@@ -91,7 +109,8 @@ def declare_all(node) -> None:
     for key, default in {**core_defaults(), **node_defaults()}.items():
         # Floats and empty lists: rclpy cannot tell 1 from 1.0 in YAML nor type an empty list, so the
         # value is checked by apply_overrides / NodeSettings.validate instead of by the type.
-        dynamic = isinstance(default, float) or (isinstance(default, list) and not default)
+        dynamic = (isinstance(default, float) or (isinstance(default, list) and not default)
+                   or key in NUMBER_OR_WORD_KEYS)
         node.declare_parameter(key, default, ParameterDescriptor(dynamic_typing=dynamic, description=_describe(key)))
     declare_cameras(node, [str(v) for v in node.get_parameter("cameras").value or ()])
 
@@ -141,6 +160,23 @@ def build_settings(values: dict[str, Any]) -> NodeSettings:
     settings = NodeSettings(**kwargs)
     settings.validate()
     return settings
+
+
+def refuse_change(names: set[str], values: dict[str, Any]) -> str | None:
+    """Why a running node must refuse new values of the parameters ``names`` (``values``: all of them, with
+    the new ones), or None when they can be applied."""
+    for key, why in RESTART_KEYS.items():
+        if key in names:
+            return f"{why}: restart the node"
+    if any(n.rsplit(".", 1)[-1] in CAMERA_RESTART_KEYS for n in names):
+        return f"{RESTART_KEYS['cameras']}: restart the node"
+    try:
+        build_config(values)
+        build_settings(values)
+        build_cameras(values)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def current_values(node) -> dict[str, Any]:
