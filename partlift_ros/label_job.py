@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .types import IGNORE, Frame, InputError
+from .types import Frame, InputError
 
 
 @dataclass
