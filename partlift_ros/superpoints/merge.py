@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 
-_MIN_ROUND_SHARE = 0.125  # a merge round joins at least this share of the excess (when as many mutual picks exist)
+# A merge round joins at least this share of its mutual picks (the cheapest; no more than the excess).
+_MIN_ROUND_SHARE = 0.5
 
 
 def unique_pairs(pairs: np.ndarray, num: int) -> np.ndarray:
@@ -177,12 +178,11 @@ def merge_pieces(
         winners = has[(best[best[has]] == has) & (has < best[has])]
         winners = winners[np.argsort(best_cost[winners], kind="stable")[:excess]]
         if winners.size:
-            # The cap, but never fewer than a share of the excess: the first rounds of a KITTI frame joined 1-45
-            # near-free pairs each, and every round costs a pass over all pairs.
+            # The cap, but never fewer than a share of the mutual picks (the cheapest): the first rounds of a
+            # KITTI frame joined 1-45 near-free pairs each, and every round costs a pass over all pairs.
             cap = round_ratio * best_cost[winners[0]]
-            least = int(np.ceil(_MIN_ROUND_SHARE * excess))
-            if winners.size >= least:
-                cap = max(cap, best_cost[winners[least - 1]])
+            least = int(np.ceil(_MIN_ROUND_SHARE * winners.size))
+            cap = max(cap, best_cost[winners[least - 1]])
             winners = winners[best_cost[winners] <= cap]
         dearest = float(best_cost[winners].max()) if winners.size else 0.0
         if winners.size == 0:  # exact cost ties can leave no mutual pick: join the cheapest pair

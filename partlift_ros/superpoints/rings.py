@@ -34,6 +34,7 @@ _TOLERANCE_OF_SPACING = 0.4  # a successor lies within this fraction of the smal
 _MIN_SEPARATION = 1.0  # decades between the within-line and between-line elevation gaps for a cloud to have lines
 _SAMPLE = 800  # points whose angular neighbours estimate the scales
 _SEAM_BINS = 3600  # azimuth bins in which the seam is put into the widest empty sector
+_STRETCH = 20.0  # azimuth stretch of the second neighbour search
 _NEIGHBOURS = 10  # angular neighbours per sampled point (enough to hold the two successors when step > spacing)
 
 
@@ -109,7 +110,7 @@ def _otsu(values: np.ndarray, bins: int = 64) -> float:
 
 
 def elevation_scales(azimuth: np.ndarray, elevation: np.ndarray) -> tuple[float, float, float] | None:
-    """(within-line elevation tolerance, azimuth step, beam spacing) in rad, or None when there are no lines.
+    """(within-line elevation tolerance, azimuth step, widest beam spacing) in rad, or None when there are no lines.
 
     Measured on the angular neighbours of a sample of the points, in one contiguous azimuth sector (so the local
     density is the real one).
@@ -124,9 +125,12 @@ def elevation_scales(azimuth: np.ndarray, elevation: np.ndarray) -> tuple[float,
     k = min(_NEIGHBOURS + 1, window.size)
     if k < 3:
         return None
-    query = ang[:: max(1, window.size // _SAMPLE)]
-    _, nb = cKDTree(ang).query(query, k=k)
-    nb = nb[:, 1:]
+    every = max(1, window.size // _SAMPLE)
+    # Neighbours in angle, and in angle with the azimuth stretched: the second reach the next line even when
+    # the beams are far apart compared with the azimuth step (a 16-beam sensor: 2 deg vs 0.2 deg).
+    nbs = [cKDTree(ang * [stretch, 1.0]).query((ang * [stretch, 1.0])[::every], k=k)[1][:, 1:]
+           for stretch in (1.0, _STRETCH)]
+    nb, query = np.concatenate(nbs, axis=1), ang[::every]
     d_el = np.abs(ang[nb, 1] - query[:, 1:2])
     d_az = np.abs(ang[nb, 0] - query[:, :1])
     log_gap = np.log10(np.maximum(d_el, 1e-7))
@@ -138,10 +142,15 @@ def elevation_scales(azimuth: np.ndarray, elevation: np.ndarray) -> tuple[float,
     has_successor = within.any(axis=1)
     if separation < _MIN_SEPARATION or has_successor.mean() < 0.5:
         return None
-    spacing = float(np.percentile(d_el[~within], 10))  # the smallest beam spacing, roughly
+    # Per point, the gap to the nearest other line: its median is the typical beam spacing, a low percentile
+    # the smallest (beams are spaced unevenly on many sensors).
+    to_next_line = np.where(within, np.inf, d_el).min(axis=1)
+    to_next_line = to_next_line[np.isfinite(to_next_line)]
+    if to_next_line.size == 0:
+        return None
     step = float(np.median(np.where(within, d_az, np.inf).min(axis=1)[has_successor]))
-    tolerance = max(_TOLERANCE_OF_SPACING * spacing, 10.0**split)
-    return tolerance, max(step, 1e-6), float(np.median(d_el[~within]))
+    tolerance = max(_TOLERANCE_OF_SPACING * float(np.percentile(to_next_line, 10)), 10.0**split)
+    return tolerance, max(step, 1e-6), float(np.percentile(to_next_line, 90))
 
 
 def _traced_lines(
@@ -168,7 +177,7 @@ def _traced_lines(
     nxt[order[has]] = order[best[has]]
     prev = np.full(n, -1, dtype=np.int64)
     prev[nxt[nxt >= 0]] = np.flatnonzero(nxt >= 0)
-    across = _across_by_columns(azimuth, elevation, step, tolerance, 2.5 * spacing)
+    across = _across_by_columns(azimuth, elevation, step, tolerance, 2.0 * spacing)
     return ScanLines(nxt, prev, across, step, "traced")
 
 

@@ -46,6 +46,10 @@ def supervoxel_superpoints(
     idx = np.flatnonzero(eligible)
     if idx.size == 0:
         return labels.astype(np.int32)
+    # One canonical order (by x, then y, then z): RANSAC samples and tie breaks then never depend on the order a
+    # driver or a voxel filter stored the points in.
+    points_xyz = np.asarray(points[idx, :3])
+    idx = idx[np.lexsort((points_xyz[:, 2], points_xyz[:, 1], points_xyz[:, 0]))]
     xyz = np.asarray(points[idx, :3], dtype=np.float64)
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     raised = np.zeros_like(ground)
