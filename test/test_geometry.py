@@ -352,7 +352,7 @@ def test_real_frame_supervoxels_beat_dbscan_within_budget(seq08):
     sv_miou, sv_count = ceiling("supervoxel")
     db_miou, _ = ceiling("dbscan")
     # The budget follows the view: KITTI's front camera covers ~0.4 sr, ~300 superpoints at the default density.
-    assert sv_count <= superpoint_budget(points[front, :3], ClusteringConfig()) <= 320
+    assert sv_count <= superpoint_budget(points[front, :3], ClusteringConfig()) and 280 <= sv_count <= 320
     # Frame 0 measured 0.69 (supervoxel) vs 0.43 (dbscan, ground removed).
     assert sv_miou >= 0.65, sv_miou
     assert sv_miou > db_miou + 0.15, (sv_miou, db_miou)
