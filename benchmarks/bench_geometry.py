@@ -1,14 +1,18 @@
-"""Geometry stages on the real SemanticKITTI frames: superpoint quality (instance ceiling) and speed.
+"""Geometry stages on the real SemanticKITTI frames: superpoint quality (instance ceiling) and speed, per sequence.
 
-    python benchmarks/bench_geometry.py [--root ../shared/data/semantickitti-mini] [--frames N]
+    python benchmarks/bench_geometry.py [--root ../shared/data/semantickitti-mini] [--frames N] [--repeat 3]
+                                        [--previous 93779bd]
 
-Per frame and in total: instance-ceiling mIoU on front-view points (every superpoint takes its majority
-GT class, so this measures the geometry alone) for the supervoxel method, for the previous release (no
-rough cut), for the method without its geometric cues (no kerb cut or kerb step, no plane/line shape terms, no scan
-roughness or rough cut, no depth-jump cut or boundary term), for the method without only its range-image depth-jump
-cut and boundary term and for the naive baseline (RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame,
-and the time of the geometry stages (projection + superpixels and ground image regions + superpoints + visibility)
-beside sklearn DBSCAN on the full scan measured in the same run. Then superpixel method timings and
+Sequence 00 is where the defaults are tuned, sequence 08 is held out: every figure is printed per sequence (and
+pooled). Per frame and per sequence: instance-ceiling mIoU on front-view points (every superpoint takes its majority
+GT class, so this measures the geometry alone) for the supervoxel method, for the previous release (the package as
+of git ``--previous``, imported beside this one and run in the same pass), for the method without its geometric cues
+(no kerb cut or kerb step, no plane/line shape terms, no scan roughness or rough cut, no depth-jump cut or boundary
+term), for the method without only its range-image depth-jump cut and boundary term and for the naive baseline
+(RANSAC ground + DBSCAN eps 0.5 m), superpoints per frame, and the time of the geometry stages (projection +
+superpixels and ground image regions + superpoints + visibility): CPU time (process time) beside wall time, best of
+``--repeat`` passes per frame, the previous release's in the same passes, and CPU ms per 10k points in view (the
+cost must grow no faster than the points). Then sklearn DBSCAN on the full scan, superpixel method timings and
 scatter-min (torch vs numpy) timings.
 
 To tell the loss of the merge from the loss of the initial pieces it also reports two diagnostics
@@ -21,18 +25,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from partlift_ros.calibration import parse_kitti_calib, project_points
-from partlift_ros.clustering import _candidate_pairs, _sum_by, _unique_pairs, relabel_contiguous, scan_neighbours, segment_superpoints
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, VisibilityConfig
 from partlift_ros.image_regions import graph_regions, segment_image
 from partlift_ros.metrics import ConfusionAccumulator, confusion_matrix, instance_ceiling, mean_iou
 from partlift_ros.semantickitti import read_label_file
+from partlift_ros.superpoints import segment_superpoints
+from partlift_ros.superpoints.budget import superpoint_budget
+from partlift_ros.superpoints.merge import candidate_pairs, sum_by, unique_pairs
+from partlift_ros.superpoints.pieces import relabel_contiguous
+from partlift_ros.superpoints.scan import scan_neighbours
+from partlift_ros.testing.previous import load_previous_release
 from partlift_ros.visibility import compute_superpixels, superpixel_min_depth, visible_mask
 
 C = len(SEMANTIC_KITTI_CLASSES)
@@ -45,9 +56,9 @@ def frames(root: Path, limit: int | None):
             if limit is not None and i >= limit:
                 break
             points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
-            labels = read_label_file(seq_dir / "labels" / f"{scan.stem}.label", len(points))
+            labels = read_label_file(seq_dir / "labels" / f"{scan.stem}.label", len(points))  # train ids already
             image = cv2.cvtColor(cv2.imread(str(seq_dir / "image_2" / f"{scan.stem}.png")), cv2.COLOR_BGR2RGB)
-            yield f"{seq_dir.name}/{scan.stem}", points, labels, image, calib
+            yield seq_dir.name, f"{seq_dir.name}/{scan.stem}", points, labels, image, calib
 
 
 def oracle_merge(
@@ -65,8 +76,8 @@ def oracle_merge(
     voting = (gt >= 0) & (gt < C)
     hist = np.bincount(piece[voting] * C + gt[voting], minlength=num * C).reshape(num, C).astype(np.float64)
     count = np.bincount(piece, minlength=num).astype(np.float64)
-    s1 = _sum_by(piece, xyz, num)
-    pairs = _unique_pairs(np.r_[touching, _candidate_pairs(s1 / count[:, None], 6)], num)
+    s1 = sum_by(piece, xyz, num)
+    pairs = unique_pairs(np.r_[touching, candidate_pairs(s1 / count[:, None], 6)], num)
     merged = np.arange(num)
     while (excess := int((count >= min_size).sum()) - target) > 0 and pairs.shape[0]:
         a, b = pairs[:, 0], pairs[:, 1]
@@ -85,8 +96,8 @@ def oracle_merge(
         new_id[best[winners]] = winners
         _, new_id = np.unique(new_id, return_inverse=True)
         m = int(new_id.max()) + 1
-        count, hist, s1 = np.bincount(new_id, count, m), _sum_by(new_id, hist, m), _sum_by(new_id, s1, m)
-        merged, pairs = new_id[merged], _unique_pairs(new_id[pairs], m)
+        count, hist, s1 = np.bincount(new_id, count, m), sum_by(new_id, hist, m), sum_by(new_id, s1, m)
+        merged, pairs = new_id[merged], unique_pairs(new_id[pairs], m)
     out[keep] = merged[piece]
     return out
 
@@ -95,11 +106,61 @@ def ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+class Clock:
+    """CPU (process time) and wall time since the last lap, in ms."""
+
+    def __init__(self) -> None:
+        self.cpu, self.wall = time.process_time(), time.perf_counter()
+
+    def lap(self) -> tuple[float, float]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = ((cpu - self.cpu) * 1e3, (wall - self.wall) * 1e3)
+        self.cpu, self.wall = cpu, wall
+        return out
+
+
+STAGES = ("projection", "superpixels", "superpoints", "visibility", "total", "previous_superpoints", "previous_total")
+
+
+def timing_pass(data, sv_cfg, vis_cfg, previous, previous_cfg) -> tuple[dict, list]:
+    """Per frame: the geometry stages as the pipeline runs them, and the previous release's superpoints on the
+    same projection and superpixels, one after the other (no other library work in between: OpenMP threads that
+    sklearn's DBSCAN leaves spinning slowed the next stages by up to ~15 ms). Returns {stage: [(cpu, wall)]} and
+    the per-frame outputs."""
+    times, outputs = defaultdict(list), []
+    for seq, name, points, labels, image, calib in data:
+        clock = Clock()
+        proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))
+        t_proj = clock.lap()
+        superpixels, regions = segment_image(image, proj, vis_cfg, sv_cfg)  # SEEDS + the ground's graph regions
+        t_spx = clock.lap()
+        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)], [regions])
+        t_sp = clock.lap()
+        visible_mask(proj, superpixels, vis_cfg.depth_threshold)
+        t_vis = clock.lap()
+        prev = previous.segment_superpoints(points, previous_cfg, proj.in_image, [(proj, superpixels)], [regions])
+        t_prev = clock.lap()
+        shared = [sum(x) for x in zip(t_proj, t_spx, t_vis)]
+        rows = (t_proj, t_spx, t_sp, t_vis, [a + b for a, b in zip(shared, t_sp)], t_prev,
+                [a + b for a, b in zip(shared, t_prev)])
+        for key, value in zip(STAGES, rows):
+            times[key].append(tuple(value))
+        outputs.append((proj, superpixels, regions, sp, prev))
+    return times, outputs
+
+
+def median_ms(values) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+    return float(np.median(arr[:, 0])), float(np.median(arr[:, 1]))
+
+
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=here.parent / "shared" / "data" / "semantickitti-mini")
     ap.add_argument("--frames", type=int, default=None, help="frames per sequence (default: all)")
+    ap.add_argument("--repeat", type=int, default=3, help="timing passes; each frame keeps its fastest")
+    ap.add_argument("--previous", default="93779bd", help="git revision of the previous release")
     args = ap.parse_args()
     import torch
     from sklearn.cluster import DBSCAN
@@ -109,6 +170,9 @@ def main() -> None:
     except ImportError:  # optional (the "slic" extra): its timing is reported as nan
         felzenszwalb = None
 
+    load_previous_release(here, args.previous)
+    previous = importlib.import_module("partlift_ros_previous.clustering")
+    previous_cfg = importlib.import_module("partlift_ros_previous.config").ClusteringConfig()
     sv_cfg, vis_cfg = ClusteringConfig(), VisibilityConfig()
     base_cfg = ClusteringConfig(method="dbscan", eps=0.5, remove_ground=True)
     plain_cfg = dataclasses.replace(
@@ -116,82 +180,62 @@ def main() -> None:
         boundary_weight=0.0, jump_cut=0.0, rough_cut=0.0,
     )
     no_boundary_cfg = dataclasses.replace(sv_cfg, boundary_weight=0.0, jump_cut=0.0)
-    # The previous release did not cut the objects' pieces between rough and smooth points.
-    previous_cfg = dataclasses.replace(sv_cfg, rough_cut=0.0)
-    acc_no_boundary, acc_pieces, acc_oracle = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
-    acc_previous, previous_times = ConfusionAccumulator(C), []
     # No budget and no size floor: the initial pieces themselves, single points included.
     unmerged_cfg = dataclasses.replace(sv_cfg, max_superpoints=np.iinfo(np.int32).max, min_points=1)
-    piece_counts = []
-    acc_sv, acc_base, acc_plain = ConfusionAccumulator(C), ConfusionAccumulator(C), ConfusionAccumulator(C)
-    plain_counts, plain_times = [], []
-    rows, sp_times, sp_counts = [], {"seeds": [], "slico": [], "slic": []}, []
-    stage = {k: [] for k in ("projection", "superpixels", "superpoints", "visibility", "total", "dbscan_full")}
-    scatter = {"torch": [], "numpy": []}
+    methods = ("supervoxel", "previous", "no boundary", "no cues", "baseline", "pieces", "oracle")
+    acc = {seq: {m: ConfusionAccumulator(C) for m in methods} for seq in ("00", "08", "all")}
+    counts = defaultdict(list)
+    sp_times, scatter = {"seeds": [], "slico": [], "slic": []}, {"torch": [], "numpy": []}
     region_times = {"opencv": [], "scikit-image": []}
     data = list(frames(args.root, args.frames))
-    # Timing pass: the geometry stages as the pipeline runs them, frame after frame, with no other library work
-    # in between (OpenMP threads that sklearn's DBSCAN leaves spinning slowed the next stages by up to ~15 ms).
-    geometry = []
-    for name, points, labels, image, calib in data:
-        t0 = time.perf_counter()
-        proj = project_points(points[:, :3], calib.K, calib.T_cam_lidar, (image.shape[1], image.shape[0]))
-        t_proj = ms(t0)
-        t1 = time.perf_counter()
-        superpixels, regions = segment_image(image, proj, vis_cfg, sv_cfg)  # SEEDS + the ground's graph regions
-        t_spx = ms(t1)
-        t2 = time.perf_counter()
-        sp = segment_superpoints(points, sv_cfg, proj.in_image, [(proj, superpixels)], [regions])
-        t_sp = ms(t2)
-        t3 = time.perf_counter()
-        visible_mask(proj, superpixels, vis_cfg.depth_threshold)
-        t_vis = ms(t3)
-        total = ms(t0)
-        for key, val in zip(stage, (t_proj, t_spx, t_sp, t_vis, total)):
-            stage[key].append(val)
-        # The previous release's geometry: the same stages without the rough cut.
-        t6 = time.perf_counter()
-        previous = segment_superpoints(points, previous_cfg, proj.in_image, [(proj, superpixels)], [regions])
-        previous_times.append(ms(t6) + t_proj + t_spx + t_vis)
-        t5 = time.perf_counter()
-        plain = segment_superpoints(points, plain_cfg, proj.in_image, [(proj, superpixels)], [regions])
-        plain_times.append(ms(t5))
-        geometry.append((proj, superpixels, regions, sp, previous, plain))
-    for name, points, *_ in data:
-        t4 = time.perf_counter()
-        DBSCAN(eps=0.5, min_samples=5).fit_predict(points[:, :3])
-        stage["dbscan_full"].append(ms(t4))
+    segment_superpoints(data[0][2], sv_cfg)  # warm-up: imports stay out of the first frame's time
 
-    print(f"{'frame':10s} {'sv mIoU':>8s} {'base mIoU':>9s} {'#sp':>5s} {'geom ms':>8s} {'DBSCAN full ms':>14s}")
-    for k, ((name, points, labels, image, calib), (proj, superpixels, regions, sp, previous, plain)) in enumerate(
-        zip(data, geometry)
+    best, outputs = None, None
+    for _ in range(max(1, args.repeat)):
+        times, outputs = timing_pass(data, sv_cfg, vis_cfg, previous, previous_cfg)
+        best = times if best is None else {k: [tuple(min(a, b) for a, b in zip(x, y)) for x, y in zip(best[k], v)]
+                                           for k, v in times.items()}
+    full_dbscan = []
+    for *_, points, _, _, _ in data:
+        clock = Clock()
+        DBSCAN(eps=0.5, min_samples=5).fit_predict(points[:, :3])
+        full_dbscan.append(clock.lap())
+
+    print("Machine shared with other jobs while this ran: times are CPU (process time) and wall ms, best of "
+          f"{args.repeat} passes per frame; compare them as same-run ratios.")
+    print(f"{'frame':10s} {'sv':>5s} {'prev':>5s} {'base':>5s} {'#sp':>4s} {'budget':>6s} {'in view':>7s} "
+          f"{'geom cpu':>8s} {'geom wall':>9s} {'sp cpu':>6s} {'sp/10k':>6s} {'prev sp cpu':>11s}")
+    per10k = defaultdict(list)
+    for k, ((seq, name, points, labels, image, calib), (proj, superpixels, regions, sp, prev)) in enumerate(
+        zip(data, outputs)
     ):
         front = proj.in_image
         gt = labels[front]
-        pred_sv = instance_ceiling(sp[front], gt, C)
-        base = segment_superpoints(points, base_cfg, front)
-        pred_base = instance_ceiling(base[front], gt, C)
-        acc_sv.add(pred_sv, gt)
-        acc_base.add(pred_base, gt)
-        acc_plain.add(instance_ceiling(plain[front], gt, C), gt)
-        plain_counts.append(int(plain.max()) + 1)
-        no_boundary = segment_superpoints(points, no_boundary_cfg, front, [(proj, superpixels)], [regions])
-        acc_no_boundary.add(instance_ceiling(no_boundary[front], gt, C), gt)
-        acc_previous.add(instance_ceiling(previous[front], gt, C), gt)
-        pieces = segment_superpoints(points, unmerged_cfg, front, [(proj, superpixels)], [regions])[front]
-        piece_counts.append(int(pieces.max()) + 1)
-        acc_pieces.add(instance_ceiling(pieces, gt, C), gt)
-        xyz_front = points[front, :3].astype(np.float64)
-        oracle = oracle_merge(pieces, gt, scan_neighbours(points, np.flatnonzero(front)), xyz_front, sv_cfg.max_superpoints,
-                              sv_cfg.min_points)
-        acc_oracle.add(instance_ceiling(relabel_contiguous(oracle, sv_cfg.min_points), gt, C), gt)
-        n_sp = int(sp.max()) + 1
-        sp_counts.append(n_sp)
-        m_sv = mean_iou(confusion_matrix(pred_sv, gt, C))
-        m_base = mean_iou(confusion_matrix(pred_base, gt, C))
-        rows.append((m_sv, m_base))
-        print(f"{name:10s} {100 * m_sv:8.1f} {100 * m_base:9.1f} {n_sp:5d} {stage['total'][k]:8.1f} "
-              f"{stage['dbscan_full'][k]:14.1f}")
+        views = [(proj, superpixels)]
+        preds = {
+            "supervoxel": instance_ceiling(sp[front], gt, C),
+            "previous": instance_ceiling(prev[front], gt, C),
+            "baseline": instance_ceiling(segment_superpoints(points, base_cfg, front)[front], gt, C),
+            "no cues": instance_ceiling(segment_superpoints(points, plain_cfg, front, views, [regions])[front], gt, C),
+            "no boundary": instance_ceiling(
+                segment_superpoints(points, no_boundary_cfg, front, views, [regions])[front], gt, C),
+        }
+        pieces = segment_superpoints(points, unmerged_cfg, front, views, [regions])[front]
+        budget = superpoint_budget(points[front, :3], sv_cfg)
+        oracle = oracle_merge(pieces, gt, scan_neighbours(points, np.flatnonzero(front)),
+                              points[front, :3].astype(np.float64), budget, sv_cfg.min_points)
+        preds["pieces"] = instance_ceiling(pieces, gt, C)
+        preds["oracle"] = instance_ceiling(relabel_contiguous(oracle, sv_cfg.min_points), gt, C)
+        for group in (seq, "all"):
+            for m, pred in preds.items():
+                acc[group][m].add(pred, gt)
+            counts[group, "sp"].append(int(sp.max()) + 1)
+            counts[group, "pieces"].append(int(pieces.max()) + 1)
+            per10k[group].append(best["superpoints"][k][0] / front.sum() * 1e4)
+        m_sv, m_prev, m_base = (mean_iou(confusion_matrix(preds[m], gt, C)) for m in ("supervoxel", "previous", "baseline"))
+        print(f"{name:10s} {100 * m_sv:5.1f} {100 * m_prev:5.1f} {100 * m_base:5.1f} {int(sp.max()) + 1:4d} "
+              f"{budget:6d} {int(front.sum()):7d} {best['total'][k][0]:8.1f} {best['total'][k][1]:9.1f} "
+              f"{best['superpoints'][k][0]:6.1f} {per10k[seq][-1]:6.1f} {best['previous_superpoints'][k][0]:11.1f}")
 
         if k % 5 == 0:  # superpixel methods and scatter-min on a subset (SLIC is slow)
             for method in sp_times:
@@ -225,34 +269,40 @@ def main() -> None:
             out.scatter_reduce_(0, index, torch.from_numpy(d[front]), reduce="amin")
             scatter["torch"].append(ms(t))
 
-    med = {k: float(np.median(v)) for k, v in stage.items()}
-    best = {k: float(np.min(v)) for k, v in stage.items()}
-    med_sp = float(np.median(stage["superpoints"]))
-    print("\n== summary over", len(rows), "frames (confusions summed over frames) ==")
-    print(f"instance ceiling mIoU, front view: supervoxel {100 * acc_sv.miou():.1f} | "
-          f"RANSAC+DBSCAN(0.5) baseline {100 * acc_base.miou():.1f} | "
-          f"mean of per-frame: {100 * np.mean([r[0] for r in rows]):.1f} vs {100 * np.mean([r[1] for r in rows]):.1f}")
-    print(f"  previous release (no rough cut): "
-          f"{100 * acc_previous.miou():.1f}; its geometry stages {np.median(previous_times):.1f} ms median per frame "
-          f"vs {float(np.median(stage['total'])):.1f} ms with the rough cut, same pass "
-          f"({float(np.median(stage['total'])) / np.median(previous_times):.2f}x)")
-    print(f"  supervoxel without the range-image depth-jump cut and boundary term: {100 * acc_no_boundary.miou():.1f}")
-    print(f"  supervoxel without kerb / shape / roughness / boundary cues: {100 * acc_plain.miou():.1f}, "
-          f"median {np.median(plain_counts):.0f} superpoints, superpoints stage median {np.median(plain_times):.1f} ms "
-          f"vs {med_sp:.1f} ms with the cues ({med_sp / np.median(plain_times):.2f}x)")
-    print(f"  diagnostics with GT: unmerged initial pieces (single points kept) {100 * acc_pieces.miou():.1f} "
-          f"(median {np.median(piece_counts):.0f} pieces) | oracle merge of them to {sv_cfg.max_superpoints}: "
-          f"{100 * acc_oracle.miou():.1f} (the merge itself gives {100 * acc_sv.miou():.1f})")
-    print(f"superpoints per frame: median {np.median(sp_counts):.0f}, max {np.max(sp_counts)} (cap {sv_cfg.max_superpoints})")
-    for label, acc in (("supervoxel", acc_sv), ("previous", acc_previous), ("no boundary", acc_no_boundary),
-                       ("no cues", acc_plain), ("baseline", acc_base),
-                       ("pieces", acc_pieces), ("oracle", acc_oracle)):
-        iou = acc.iou()
-        print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou) if not np.isnan(v)))
-    print("geometry stages ms, median (best-of-run as a quiet-machine estimate):")
-    for key in stage:
-        print(f"  {key:12s} {med[key]:7.1f}  ({best[key]:.1f})")
-    print(f"geometry total / sklearn DBSCAN on the full scan: {med['total'] / med['dbscan_full']:.2f}x")
+    seqs = [s for s in ("00", "08") if counts[s, "sp"]]
+    rows = {s: [k for k, item in enumerate(data) if item[0] == s] for s in seqs}
+    rows["all"] = list(range(len(data)))
+    slowest = max(seqs, key=lambda s: median_ms([best["total"][k] for k in rows[s]])[0])
+    for group in seqs + ["all"]:
+        a = acc[group]
+        tuned = {"00": "tuned on (the defaults were historically tuned on all 35 frames of 00 + 08)",
+                 "08": "held out", "all": "pooled"}[group]
+        print(f"\n== sequence {group} ({len(rows[group])} frames, {tuned}; confusions summed over frames) ==")
+        print(f"instance ceiling mIoU, front view: supervoxel {100 * a['supervoxel'].miou():.1f} | previous release "
+              f"({args.previous}) {100 * a['previous'].miou():.1f} | RANSAC+DBSCAN(0.5) {100 * a['baseline'].miou():.1f}")
+        print(f"  without the depth-jump cut and boundary term {100 * a['no boundary'].miou():.1f}; without kerb / shape "
+              f"/ roughness / boundary cues {100 * a['no cues'].miou():.1f}")
+        print(f"  diagnostics with GT: unmerged initial pieces {100 * a['pieces'].miou():.1f} (median "
+              f"{np.median(counts[group, 'pieces']):.0f} pieces) | oracle merge to the same budget "
+              f"{100 * a['oracle'].miou():.1f}")
+        print(f"  superpoints per frame: median {np.median(counts[group, 'sp']):.0f}, max {np.max(counts[group, 'sp'])}")
+        for label in ("supervoxel", "previous", "baseline"):
+            iou = a[label].iou()
+            print(f"  {label:10s} " + " ".join(f"{n}:{100 * v:.0f}" for n, v in zip(SEMANTIC_KITTI_CLASSES, iou)
+                                             if not np.isnan(v)))
+        print("  geometry stages, median per frame (best of the passes): CPU ms / wall ms")
+        for key in STAGES:
+            cpu, wall = median_ms([best[key][k] for k in rows[group]])
+            print(f"    {key:22s} {cpu:7.1f} / {wall:7.1f}")
+        cpu, _ = median_ms([best["total"][k] for k in rows[group]])
+        prev_cpu, _ = median_ms([best["previous_total"][k] for k in rows[group]])
+        print(f"  geometry vs the previous release, same passes: {cpu / prev_cpu:.2f}x CPU; superpoints CPU per 10k "
+              f"points in view: median {np.median(per10k[group]):.1f} ms, max {np.max(per10k[group]):.1f} ms")
+    print(f"\nslowest sequence by median geometry CPU time: {slowest}")
+    dbscan_cpu, _ = median_ms(full_dbscan)
+    total_cpu, _ = median_ms(best["total"])
+    print(f"geometry total / sklearn DBSCAN on the full scan (CPU): {total_cpu / dbscan_cpu:.2f}x "
+          f"({total_cpu:.1f} vs {dbscan_cpu:.1f} ms)")
     print("superpixels ms, median: " + ", ".join(f"{k} {np.nanmedian(v) if np.isfinite(v).any() else float('nan'):.1f}"
                                              for k, v in sp_times.items()))
     print("ground image regions (graph segmentation) ms, median: " + ", ".join(

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+# Keys that were removed from the schema: a config that still sets one loads, with a warning that names it.
+DEPRECATED_KEYS = {
+    "clustering.normal_weight": "no superpoint method ever used it",
+}
+
+
 @dataclass
 class PointsConfig:
     """How raw clouds are read (see ``points.py``: one rule for every reader and node)."""
@@ -59,10 +66,12 @@ class ClusteringConfig:
     eps: float = 0.5  # m, DBSCAN radius
     min_samples: int = 5
     voxel_size: float = 0.3  # m, supervoxel: non-ground points in touching voxels are connected
-    normal_weight: float = 1.0  # not used by the current supervoxel method
     intensity_weight: float = 10.0  # supervoxel merge: intensity x weight is compared with xyz / position_scale
     image_weight: float = 1.0  # supervoxel: > 0 = initial pieces never cross image superpixel borders
-    max_superpoints: int = 300
+    # Superpoint budget per frame: superpoint_density per steradian of the view the eligible points cover (see
+    # superpoints/budget.py; KITTI's front camera covers ~0.39 sr -> ~300), or max_superpoints when > 0.
+    superpoint_density: float = 780.0
+    max_superpoints: int = 0
     min_points: int = 2  # superpoints with fewer points are invalid
     position_scale: float = 1.0  # m, supervoxel merge: unit of centroid distance in the merge cost
     ground_weight: float = 5.0  # supervoxel merge: cost of joining ground and non-ground pieces
@@ -191,6 +200,11 @@ class PipelineConfig:
                 f"ground_region_min_size >= 1, got {c.ground_region_scale}, {c.ground_region_sigma}, "
                 f"{c.ground_region_min_size}"
             )
+        if c.max_superpoints < 0 or (c.max_superpoints == 0 and not c.superpoint_density > 0):
+            raise ConfigError(
+                "clustering: need max_superpoints > 0 (a fixed budget) or max_superpoints = 0 and superpoint_density "
+                f"> 0 (per steradian of view), got {c.max_superpoints} and {c.superpoint_density}"
+            )
         if c.rough_cut > 0 and c.rough_cut_window < 1:
             raise ConfigError(f"clustering.rough_cut_window: need >= 1 point, got {c.rough_cut_window}")
         if self.sam.backend not in ("segment_anything", "transformers"):
@@ -251,6 +265,10 @@ def apply_overrides(cfg: PipelineConfig, overrides: dict[str, Any]) -> PipelineC
     cfg = copy.deepcopy(cfg)
     flat = flatten(cfg)
     for key, value in _flatten_plain(overrides).items():
+        if key in DEPRECATED_KEYS:
+            warnings.warn(f"config key {key!r} is deprecated and ignored ({DEPRECATED_KEYS[key]}); remove it",
+                          FutureWarning, stacklevel=2)
+            continue
         if key not in flat:
             close = [k for k in flat if k.split(".")[-1] == key.split(".")[-1]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""

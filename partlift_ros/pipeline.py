@@ -183,7 +183,7 @@ class LabelPipeline:
 
     def geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
         """The CLIP-free stages: projection, superpixels, superpoints and visibility."""
-        from .clustering import segment_superpoints
+        from .superpoints import segment_superpoints
         from .image_regions import segment_image
         from .visibility import visible_mask
 
@@ -219,7 +219,7 @@ class LabelPipeline:
             eligible &= np.asarray(frame.seen_labels) < 0
         instance = segment_superpoints(
             points, cfg.clustering, eligible, list(zip(projections, superpixels)),
-            None if any(r is None for r in regions) else regions,
+            None if any(r is None for r in regions) else regions, frame.ring,
         )
         clock.lap("superpoints")
 

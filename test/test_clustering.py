@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from partlift_ros.clustering import kerb_step, local_road_height, merge_pieces, segment_superpoints
+from partlift_ros.superpoints import segment_superpoints
+from partlift_ros.superpoints.ground import kerb_step, local_road_height
+from partlift_ros.superpoints.merge import merge_pieces
 from partlift_ros.config import ClusteringConfig
 from partlift_ros.types import IGNORE
 

@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 
 from partlift_ros.calibration import Projection, parse_kitti_calib, project_points
-from partlift_ros.clustering import (
-    depth_jump,
-    scan_neighbours,
-    smooth_parts,
-    height_above_ground,
-    merge_pieces,
-    relabel_contiguous,
-    remove_ground_ransac,
-    rough_points,
-    scan_roughness,
-    segment_superpoints,
-    symmetric_eigenvalues,
-    voxel_components,
-)
+from partlift_ros.superpoints import segment_superpoints
+from partlift_ros.superpoints.budget import superpoint_budget
+from partlift_ros.superpoints.ground import height_above_ground, remove_ground_ransac
+from partlift_ros.superpoints.merge import merge_pieces, symmetric_eigenvalues
+from partlift_ros.superpoints.pieces import relabel_contiguous, voxel_components
+from partlift_ros.superpoints.rings import ScanLines, scan_lines
+from partlift_ros.superpoints.scan import depth_jump, rough_points, scan_neighbours, scan_roughness, smooth_parts
 from partlift_ros.config import ClusteringConfig, ConfigError, PipelineConfig, VisibilityConfig
 from partlift_ros.metrics import confusion_matrix, instance_ceiling, mean_iou
 from partlift_ros.semantickitti import read_train_ids
@@ -161,55 +154,74 @@ def test_kerb_step_separates_road_and_sidewalk():
 
 
 def _fence_and_bush(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A scan stored ring by ring: ground rings, then rings that cross a fence plane and a bush.
-
-    Along each ring the fence (x = 6 m, 0 < y < 2.35) is smooth and the bush (2.45 < y < 4.75)
-    scatters by +-25 cm in depth; the two touch, are equally bright and no camera sees them.
-    """
-    ground = [np.c_[np.full(100, x), np.linspace(-0.5, 5.5, 100), np.full(100, -1.7)] for x in np.arange(4.5, 7.5, 0.1)]
-    rings = []
-    for z in np.linspace(-1.5, 0.5, 14):
-        y = np.arange(0.0, 4.75, 0.03)
-        y = y[(y < 2.35) | (y > 2.45)]
-        bush = y > 2.4
-        x = 6.0 + np.where(bush, rng.uniform(-0.25, 0.25, y.shape[0]), rng.normal(0, 0.003, y.shape[0]))
-        zz = z + np.where(bush, rng.uniform(-0.05, 0.05, y.shape[0]), 0.0)
-        rings.append(np.c_[x, y, zz, bush])
-    ground = np.vstack(ground)
-    objects = np.vstack(rings)
-    xyz = np.vstack([ground, objects[:, :3]])
-    label = np.r_[np.zeros(len(ground)), np.where(objects[:, 3] > 0, 2, 1)].astype(int)  # 1 fence, 2 bush
+    """A LiDAR sweep over flat ground (z = -1.7), a fence (plane x = 6 m, 0 < y < 2.4, up to z = 0.5) and a bush
+    beside it (2.4 < y < 4.75) whose depth along each ray scatters by +-25 cm; the two touch, are equally bright
+    and no camera sees them. Rays leave the origin at fixed elevations (0.7 deg apart) every 0.005 rad."""
+    azimuth, elevation = np.meshgrid(np.arange(np.arctan2(-0.5, 6.0), np.arctan2(5.5, 6.0), 0.005),
+                                     np.deg2rad(np.arange(-22.0, 4.6, 0.7)))
+    azimuth, elevation = azimuth.ravel(), elevation.ravel()
+    y_at_wall = 6.0 * np.tan(azimuth)
+    bush = y_at_wall > 2.4
+    depth = np.where(bush, rng.uniform(-0.25, 0.25, azimuth.size), rng.normal(0, 0.003, azimuth.size))
+    reach_wall = (6.0 + depth) / np.cos(azimuth)  # horizontal distance to the fence or bush along the ray
+    reach_ground = np.where(elevation < 0, 1.7 / np.tan(-np.minimum(elevation, -1e-6)), np.inf)
+    on_wall = (y_at_wall > 0) & (y_at_wall < 4.75) & (reach_wall * np.tan(elevation) >= -1.7)
+    on_wall &= reach_wall * np.tan(elevation) <= 0.5
+    reach = np.where(on_wall, reach_wall, reach_ground)
+    keep = np.isfinite(reach) & (reach * np.cos(azimuth) < 7.5)
+    reach, azimuth, elevation = reach[keep], azimuth[keep], elevation[keep]
+    xyz = np.c_[reach * np.cos(azimuth), reach * np.sin(azimuth), reach * np.tan(elevation)]
+    label = np.where(on_wall[keep], np.where(bush[keep], 2, 1), 0)  # 0 ground, 1 fence, 2 bush
     return np.c_[xyz, np.full(len(xyz), 0.3)].astype(np.float32), label
 
 
-def test_scan_roughness_is_low_on_a_fence_and_high_in_a_bush():
+def test_scan_roughness_is_low_on_a_fence_and_high_in_a_bush_in_any_point_order():
     points, label = _fence_and_bush(np.random.default_rng(10))
-    rough = scan_roughness(points[:, :3].astype(np.float64), np.arange(len(points)))
+    xyz = points[:, :3].astype(np.float64)
+    rough = scan_roughness(xyz, scan_lines(xyz))
     assert np.median(rough[label == 1]) < 0.1 and np.median(rough[label == 2]) > 0.15
-    # Shuffled storage order: no point has scan neighbours, the cue is neutral (one value everywhere).
-    shuffled = scan_roughness(points[np.random.default_rng(0).permutation(len(points)), :3].astype(np.float64),
-                              np.arange(len(points)))
-    assert np.ptp(shuffled) < 0.05
+    # The lines are traced from the angles, not the storage order: shuffling the points changes nothing.
+    perm = np.random.default_rng(0).permutation(len(points))
+    shuffled = scan_roughness(xyz[perm], scan_lines(xyz[perm]))
+    np.testing.assert_allclose(shuffled, rough[perm])
 
 
 def test_roughness_keeps_a_fence_apart_from_a_bush():
     points, label = _fence_and_bush(np.random.default_rng(11))
-    # The scene's "rings" run along y, not round the sensor, so the range-image cues are switched off
-    # to test roughness alone, and so is the rough cut (tested below) to test it as a merge cue.
+    # The range-image cues are switched off to test roughness alone, and so is the rough cut (tested below)
+    # to test it as a merge cue.
     cfg = ClusteringConfig(max_superpoints=4, jump_cut=0.0, boundary_weight=0.0, rough_cut=0.0)
+    objects = label > 0  # (their lowest 20 cm lie within the ground plane's RANSAC band and join the ground)
+
+    def main_superpoint(sp: np.ndarray, kind: int) -> int:
+        return int(np.bincount(sp[label == kind]).argmax())
+
     sp = segment_superpoints(points, cfg)
-    assert set(np.unique(sp[label == 1])).isdisjoint(np.unique(sp[label == 2]))
+    assert main_superpoint(sp, 1) != main_superpoint(sp, 2)
+    assert _purity(sp[objects], label[objects]) > 0.95
     smooth_blind = segment_superpoints(points, dataclasses.replace(cfg, roughness_weight=0.0))
-    assert not set(np.unique(smooth_blind[label == 1])).isdisjoint(np.unique(smooth_blind[label == 2]))
+    assert main_superpoint(smooth_blind, 1) == main_superpoint(smooth_blind, 2)
+
+
+def _one_line(n: int) -> ScanLines:
+    """n points on one scan line, in order."""
+    return ScanLines(np.r_[np.arange(1, n), -1], np.r_[-1, np.arange(n - 1)], np.zeros((0, 2), np.int64), 0.003, "ring")
 
 
 def test_rough_points_average_out_single_spikes():
     roughness = np.full(40, 0.03)
     roughness[10] = 0.3  # one leaf edge on a fence
     roughness[25:] = 0.25  # a hedge
-    assert rough_points(roughness, 1, 0.08)[10]
-    averaged = rough_points(roughness, 7, 0.08)
+    line = _one_line(40)
+    assert rough_points(roughness, line, 1, 0.08)[10]
+    averaged = rough_points(roughness, line, 7, 0.08)
     assert not averaged[:22].any() and averaged[28:].all()
+    # The average follows the line, not the array order.
+    perm = np.random.default_rng(0).permutation(40)
+    inverse = np.argsort(perm)
+    shuffled_line = ScanLines(np.where(line.next[perm] >= 0, inverse[line.next[perm]], -1),
+                              np.where(line.prev[perm] >= 0, inverse[line.prev[perm]], -1), line.across, 0.003, "ring")
+    np.testing.assert_array_equal(rough_points(roughness[perm], shuffled_line, 7, 0.08), averaged[perm])
 
 
 def _purity(sp: np.ndarray, label: np.ndarray) -> float:
@@ -339,7 +351,8 @@ def test_real_frame_supervoxels_beat_dbscan_within_budget(seq08):
 
     sv_miou, sv_count = ceiling("supervoxel")
     db_miou, _ = ceiling("dbscan")
-    assert sv_count <= ClusteringConfig().max_superpoints
+    # The budget follows the view: KITTI's front camera covers ~0.4 sr, ~300 superpoints at the default density.
+    assert sv_count <= superpoint_budget(points[front, :3], ClusteringConfig()) and 280 <= sv_count <= 320
     # Frame 0 measured 0.69 (supervoxel) vs 0.43 (dbscan, ground removed).
     assert sv_miou >= 0.65, sv_miou
     assert sv_miou > db_miou + 0.15, (sv_miou, db_miou)
@@ -371,8 +384,9 @@ def test_merge_pieces_terminates_on_exact_ties():
 
 def _ring_scan(rings: int = 6, steps: int = 200) -> np.ndarray:
     """A scan stored ring by ring like KITTI: each ring sweeps the azimuth from -pi to pi on a wall at
-    10 m in front (|azimuth| < 0.3 rad) and at 30 m elsewhere; (rings * steps, 4)."""
-    azimuth = np.tile(np.linspace(-np.pi + 1e-3, np.pi - 1e-3, steps), rings)
+    10 m in front (|azimuth| < 0.3 rad) and at 30 m elsewhere, with no returns from the 0.4 rad right behind
+    the sensor (where the lines end); (rings * steps, 4)."""
+    azimuth = np.tile(np.linspace(-np.pi + 0.2, np.pi - 0.2, steps), rings)
     elevation = np.repeat(np.deg2rad(np.linspace(2.0, -8.0, rings)), steps)
     rng = np.where(np.abs(azimuth) < 0.3, 10.0, 30.0)
     x, y = rng * np.cos(elevation) * np.cos(azimuth), rng * np.cos(elevation) * np.sin(azimuth)
@@ -382,7 +396,7 @@ def _ring_scan(rings: int = 6, steps: int = 200) -> np.ndarray:
 def test_scan_neighbours_follow_rings_and_azimuth():
     rings, steps = 6, 200
     points = _ring_scan(rings, steps)
-    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    pairs = scan_neighbours(points, np.arange(len(points)))
     ring, column = np.divmod(pairs, steps)
     along = ring[:, 0] == ring[:, 1]
     # Left/right: the next point of the same ring; up/down: the same azimuth in the next ring.
@@ -391,14 +405,14 @@ def test_scan_neighbours_follow_rings_and_azimuth():
     assert along.sum() == rings * (steps - 1) and (~along).sum() == (rings - 1) * steps
     # A subset (the front view) keeps its own positions and loses links to points outside it.
     front = np.flatnonzero(np.abs(np.arctan2(points[:, 1], points[:, 0])) < 0.5)
-    sub = scan_neighbours(points, front, max_azimuth_step=0.05)
+    sub = scan_neighbours(points, front)
     assert sub.max() < front.size
     assert (np.linalg.norm(points[front[sub[:, 0]], :3] - points[front[sub[:, 1]], :3], axis=1) < 25).all()
 
 
 def test_depth_jump_is_high_between_surfaces_and_low_on_one():
     points = _ring_scan()
-    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    pairs = scan_neighbours(points, np.arange(len(points)))
     rng = np.linalg.norm(points[:, :3], axis=1)
     weight = depth_jump(points[:, :3], pairs)
     jump = np.abs(rng[pairs[:, 0]] - rng[pairs[:, 1]]) > 5
@@ -441,16 +455,17 @@ def test_smooth_parts_split_only_at_depth_jumps():
     # The synthetic scan has a wall at 10 m in front and a backdrop at 30 m: cutting strong jumps
     # gives exactly the surfaces.
     points = _ring_scan()
-    pairs = scan_neighbours(points, np.arange(len(points)), max_azimuth_step=0.05)
+    pairs = scan_neighbours(points, np.arange(len(points)))
     parts = smooth_parts(len(points), pairs, depth_jump(points[:, :3], pairs), threshold=0.8)
     near = np.linalg.norm(points[:, :3], axis=1) < 20
     left = points[:, 1] > 0
-    assert len(np.unique(parts)) == 3  # the wall and the backdrop left and right of it (rings end at +-pi)
+    assert len(np.unique(parts)) == 3  # the wall and the backdrop left and right of it (the lines end behind)
     for surface in (near, ~near & left, ~near & ~left):
         assert len(np.unique(parts[surface])) == 1
-    # A cloud not stored ring by ring has no range image, so no (meaningless) pairs.
-    shuffled = points[np.random.default_rng(0).permutation(len(points))]
-    assert scan_neighbours(shuffled, np.arange(len(points)), max_azimuth_step=0.05).shape == (0, 2)
+    # The rings are traced from the angles: the same pairs in any storage order.
+    perm = np.random.default_rng(0).permutation(len(points))
+    shuffled = perm[scan_neighbours(points[perm], np.arange(len(points)))]
+    assert {tuple(sorted(p)) for p in shuffled.tolist()} == {tuple(sorted(p)) for p in pairs.tolist()}
     # Without cuts every point is linked to every other through the scan.
     assert len(np.unique(smooth_parts(len(points), pairs, np.zeros(len(pairs)), threshold=0.8))) == 1
 

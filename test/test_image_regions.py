@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from partlift_ros.calibration import Projection
-from partlift_ros.clustering import segment_superpoints
+from partlift_ros.superpoints import segment_superpoints
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, ConfigError, PipelineConfig, VisibilityConfig
 from partlift_ros.image_regions import graph_regions, segment_image
 from partlift_ros.metrics import confusion_matrix, instance_ceiling
@@ -82,7 +82,8 @@ def _purity(sp: np.ndarray, surface: np.ndarray) -> float:
 def test_ground_is_cut_by_image_regions_where_one_superpixel_spans_road_kerb_and_grass():
     points, proj, image, surface = _flat_ground_seen_on_the_street(np.random.default_rng(3))
     one_superpixel = np.zeros(image.shape[:2], dtype=np.int32)
-    cfg = ClusteringConfig(max_superpoints=6, kerb_height=0.0, kerb_step_weight=0.0)
+    # Random points on a plane, not a LiDAR sweep: the range-image cues (depth-jump cut, boundary) are off.
+    cfg = ClusteringConfig(max_superpoints=6, kerb_height=0.0, kerb_step_weight=0.0, jump_cut=0.0, boundary_weight=0.0)
     _, regions = segment_image(image, proj, VisibilityConfig(), cfg)
     sp = segment_superpoints(points, cfg, None, [(proj, one_superpixel)], [regions])
     assert (sp >= 0).all() and _purity(sp, surface) > 0.97

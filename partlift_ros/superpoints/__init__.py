@@ -1,0 +1,78 @@
+"""Superpoints: the over-segmentation that CLIP labels one piece at a time (one module per idea).
+
+``segment_superpoints`` is the per-frame entry. Two methods, chosen by ``ClusteringConfig.method``:
+
+- ``"supervoxel"`` (``supervoxel.py``): annotation-free over-segmentation of all eligible points, ground included,
+  into class-pure pieces merged down to a budget that follows the view (``budget.py``), using the ground
+  (``ground.py``), the scan lines (``rings.py``: given rings or traced from elevation angles, never the storage
+  order), range-image cues on them (``scan.py``), initial pieces (``pieces.py``) and the merge (``merge.py``).
+- ``"dbscan"`` (``dbscan.py``): RANSAC ground removal, then DBSCAN (the paper's simple baseline).
+
+``max_range`` (off by default) gives points further from the sensor no superpoint: beyond ~50 m a KITTI scan has
+a few points per object, and SemanticKITTI labels nothing there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..calibration import Projection
+from ..config import ClusteringConfig
+from ..types import InputError
+from .dbscan import dbscan_superpoints
+from .supervoxel import supervoxel_superpoints
+
+__all__ = ["segment_superpoints"]
+
+
+def segment_superpoints(
+    points: np.ndarray,
+    cfg: ClusteringConfig,
+    eligible: np.ndarray | None = None,
+    views: list[tuple[Projection, np.ndarray]] | None = None,
+    regions: list[np.ndarray] | None = None,
+    ring: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N,) int32 superpoint ids 0..M-1, IGNORE for points that are not eligible or not clustered.
+
+    ``eligible`` (N,) bool restricts clustering to some points (front-view points, or points without a
+    seen label in the zero-shot mode). ``views`` holds, per camera, the projection of all N points and
+    the image superpixel map (H, W) int32; the supervoxel method uses them as colour-boundary cues.
+    ``regions`` (optional) holds, per view, a second map (H, W) of graph image regions: with
+    ``ground_region_k`` > 0 the supervoxel method cuts the ground by them instead of the superpixels
+    (``image_regions.segment_image`` computes both maps). ``ring`` (N,) is each point's laser index when the
+    source knows it (``Frame.ring``); otherwise scan lines are traced from elevation angles (``rings.py``).
+    Points must be finite (``LabelPipeline.geometry`` hands over the finite ones).
+    """
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 4:
+        raise InputError(f"segment_superpoints: points must be (N, 4) x y z intensity, got {points.shape}")
+    n = points.shape[0]
+    if eligible is None:
+        eligible = np.ones(n, dtype=bool)
+    eligible = np.asarray(eligible, dtype=bool)
+    if eligible.shape != (n,):
+        raise InputError(f"segment_superpoints: eligible mask has shape {eligible.shape}, expected ({n},)")
+    for i, (proj, sp_map) in enumerate(views or []):
+        if proj.in_image.shape[0] != n:
+            raise InputError(f"segment_superpoints: view {i} projects {proj.in_image.shape[0]} points, expected {n}")
+        if np.asarray(sp_map).ndim != 2:
+            raise InputError(f"segment_superpoints: view {i} superpixel map must be (H, W), got {np.shape(sp_map)}")
+    if regions is not None:
+        if len(regions) != len(views or []):
+            raise InputError(f"segment_superpoints: {len(regions)} region maps for {len(views or [])} views")
+        for i, ((_, sp_map), region_map) in enumerate(zip(views or [], regions)):
+            if np.shape(region_map) != np.shape(sp_map):
+                raise InputError(
+                    f"segment_superpoints: view {i} region map is {np.shape(region_map)} but its superpixel map "
+                    f"{np.shape(sp_map)}"
+                )
+    if ring is not None and np.shape(ring) != (n,):
+        raise InputError(f"segment_superpoints: ring has shape {np.shape(ring)}, expected ({n},)")
+    if cfg.max_range > 0:  # beyond it the scan is too sparse to split into objects (see the module docstring)
+        eligible = eligible & (np.linalg.norm(np.asarray(points[:, :3], dtype=np.float64), axis=1) < cfg.max_range)
+    if cfg.method == "dbscan":
+        return dbscan_superpoints(points, cfg, eligible)
+    if cfg.method == "supervoxel":
+        return supervoxel_superpoints(points, cfg, eligible, views or [], regions, ring)
+    raise InputError(f"clustering.method: expected 'supervoxel' or 'dbscan', got {cfg.method!r}")

@@ -1,0 +1,1 @@
+"""Helpers that the benchmarks and tests share (real-frame loading, sensor variants, the previous release)."""
