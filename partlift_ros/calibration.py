@@ -169,13 +169,15 @@ def project_points(
     min_depth: float = 0.1,
 ) -> Projection:
     """Project LiDAR points into an image of ``image_size`` = (width, height)."""
-    xyz = np.asarray(xyz, dtype=np.float64)[:, :3]
+    xyz = np.asarray(xyz)
     T = np.asarray(T_cam_lidar, dtype=np.float64)
-    cam = xyz @ T[:3, :3].T + T[:3, 3]
-    depth = cam[:, 2]
+    x, y, z = (xyz[:, i].astype(np.float64) for i in range(3))
+    # Row by row instead of an (N, 3) @ (3, 3) matmul: the threaded BLAS call cost 30x more on a busy
+    # 2-core machine (43 ms CPU, 130 ms wall per 120k points) than these few vector operations.
+    cx, cy, depth = (T[r, 0] * x + T[r, 1] * y + T[r, 2] * z + T[r, 3] for r in range(3))
     front = depth > min_depth
     safe = np.where(front, depth, 1.0)
-    xn, yn = cam[:, 0] / safe, cam[:, 1] / safe
+    xn, yn = cx / safe, cy / safe
     if D is not None and np.any(np.asarray(D) != 0):
         xn, yn = distort(xn, yn, D)
     K = np.asarray(K, dtype=np.float64)

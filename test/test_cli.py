@@ -182,14 +182,16 @@ def demo_summary(out):
     return summary, images
 
 
-def check_demo_pictures(summary, images, first_title_starts):
+def check_demo_pictures(summary, images, first_title_pattern):
+    import re
+
     from partlift_ros.demo import GT_CAPTION
 
     assert len(images) == 2
     for picture, image in zip(summary["pictures"], images):
         boxes = picture["boxes"]
         titles = [k.split(" / ")[0] for k in boxes]
-        assert titles[0].startswith(first_title_starts) and titles[1] == GT_CAPTION, titles
+        assert re.match(first_title_pattern, titles[0]) and titles[1] == GT_CAPTION, titles
         # One camera, so one overlay per panel, as large as the image.
         (gt_box,) = [b for k, b in boxes.items() if k.startswith(f"{GT_CAPTION} / ")]
         x0, y0, x1, y1 = gt_box
@@ -210,9 +212,10 @@ def test_demo_without_weights_reports_geometry_only(tmp_path, tokenizer_dir):
     summary, images = demo_summary(tmp_path / "demo")
     ceiling = 100 * summary["metrics"]["ceiling_miou_front"]
     assert "No labels" in text(r) and f"front view) {ceiling:.2f}" in text(r)
-    assert 60 < ceiling < 95 and summary["metrics"]["superpoints_per_frame_median"] == 300
+    # The budget follows the solid angle in view: about 300 for one KITTI camera.
+    assert 60 < ceiling < 95 and 270 <= summary["metrics"]["superpoints_per_frame_median"] <= 330
     assert not summary["labelled"] and not (tmp_path / "demo" / "labels_run").exists()
-    check_demo_pictures(summary, images, "300 superpoints")
+    check_demo_pictures(summary, images, r"\d{3} superpoints \(random colours\)")
 
 
 def test_demo_with_untrained_clip_says_its_output_is_not_labels(tmp_path, tiny_clip_dir):
