@@ -43,6 +43,9 @@ setup(
             "ros-geometry-msgs", "ros-visualization-msgs", "ros-diagnostic-msgs",
         ],
         "slic": ["scikit-image>=0.22"],
+        # Faster CLIP crop encoding on CPUs (clip.backend=auto picks them up when installed; see README).
+        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+        "openvino": ["openvino>=2024.0"],
         # SAM-refined instances (sam.backend=segment_anything); only its torch-only modules are imported.
         "sam": ["segment-anything>=1.0"],
         # spconv for the CUDA backend of the student (pick the wheel of your CUDA); the CPU wheel is

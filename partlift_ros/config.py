@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -114,6 +114,16 @@ class ClipConfig:
     min_crop: int = 30  # px, crops are grown to at least min_crop x min_crop
     crop_padding: float = 0.1  # fraction of the box size added on each side
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    # Crop encoder. backend: auto | torch | onnxruntime | openvino; precision: auto | fp32 | bf16 | fp16 | int8.
+    # auto = the fastest measured choice that keeps the features (clip_backends.py); CUDA runs torch fp16.
+    backend: str = "auto"
+    precision: str = "auto"
+    export_dir: str = ""  # cache of exported vision towers; "" = beside the weights / in the HF cache
+    BACKEND_PRECISIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "torch": ("fp32", "bf16", "fp16"),
+        "onnxruntime": ("fp32", "int8"),
+        "openvino": ("fp32", "bf16"),
+    }
 
 
 @dataclass
@@ -190,6 +200,13 @@ class PipelineConfig:
             raise ConfigError(f"affinity.mode: expected 'offline' or 'online', got {self.affinity.mode!r}")
         if not self.clip.templates or any("{}" not in t for t in self.clip.templates):
             raise ConfigError("clip.templates: each template must contain '{}'")
+        backends = ClipConfig.BACKEND_PRECISIONS
+        if self.clip.backend not in ("auto", *backends):
+            raise ConfigError(f"clip.backend: expected auto|{'|'.join(backends)}, got {self.clip.backend!r}")
+        precisions = backends.get(self.clip.backend, ("fp32", "bf16", "fp16", "int8"))
+        if self.clip.precision not in ("auto", *precisions):
+            raise ConfigError(f"clip.precision: clip.backend={self.clip.backend} runs auto|{'|'.join(precisions)}, "
+                              f"got {self.clip.precision!r}")
         if self.clustering.min_points < 2:
             raise ConfigError("clustering.min_points: superpoints need at least 2 points")
         c = self.clustering

@@ -107,15 +107,19 @@ def load_transformers_sam(name_or_path: str, local_files_only: bool = False) -> 
     """``transformers.SamModel`` from a hub id or a local folder saved with ``save_pretrained``."""
     from transformers import SamModel
 
+    from .model_source import load_from_hub, model_source
+
     source = name_or_path or DEFAULT_TRANSFORMERS_SAM
-    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
-        raise SamLoadError(f"SAM model folder not found or has no config.json: {source}; {HOW_TO_GET_SAM}")
+    folder = model_source(source, "SAM model", SamLoadError).folder
+    if folder is None:  # a hub id: never waits on an unreachable hub (model_source.load_from_hub)
+        return load_from_hub(lambda offline: SamModel.from_pretrained(source, local_files_only=offline), source,
+                             local_files_only, "SAM model", HOW_TO_GET_SAM, SamLoadError).eval()
+    if not (folder / "config.json").is_file():
+        raise SamLoadError(f"SAM model folder {folder} has no config.json; {HOW_TO_GET_SAM}")
     try:
-        model = SamModel.from_pretrained(str(Path(source).expanduser()) if looks_local else source,
-                                         local_files_only=local_files_only)
+        model = SamModel.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise SamLoadError(f"cannot load a SamModel from {source!r}: {exc}; {HOW_TO_GET_SAM}") from exc
+        raise SamLoadError(f"cannot load a SamModel from {folder}: {exc}; {HOW_TO_GET_SAM}") from exc
     return model.eval()
 
 

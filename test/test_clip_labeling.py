@@ -276,8 +276,9 @@ def test_load_round_trips_a_saved_model(tokenizer_dir: Path, tmp_path: Path):
     torch.manual_seed(0)
     model = CLIPModel(tiny_config())
     model.save_pretrained(tmp_path / "clip")
-    loaded = ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip"), processor=str(tokenizer_dir)))
-    original = ClipLabeler(ClipConfig(), model, loaded.processor)
+    # torch on both sides: this is about loading (exported backends: test_clip_backends.py).
+    loaded = ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip"), processor=str(tokenizer_dir), backend="torch"))
+    original = ClipLabeler(ClipConfig(backend="torch"), model, loaded.processor)
     crops = random_crops(4)[:3]
     np.testing.assert_allclose(loaded.encode_crops(crops), original.encode_crops(crops), atol=1e-6)
     # Without clip.processor the tokenizer is looked up beside the weights, and its absence is explained.
@@ -285,7 +286,7 @@ def test_load_round_trips_a_saved_model(tokenizer_dir: Path, tmp_path: Path):
         ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip")))
     for f in tokenizer_dir.iterdir():
         (tmp_path / "clip" / f.name).write_bytes(f.read_bytes())
-    beside = ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip")))
+    beside = ClipLabeler.load(ClipConfig(model=str(tmp_path / "clip"), backend="torch"))
     torch.testing.assert_close(beside.text_embeddings(["car"]), original.text_embeddings(["car"]))
 
 

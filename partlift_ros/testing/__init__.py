@@ -1,1 +1,2 @@
-"""Helpers that the benchmarks and tests share (real-frame loading, sensor variants, the previous release)."""
+"""Helpers that the benchmarks and tests share (real-frame loading, sensor variants, the previous release,
+CLIP fidelity gates); never imported by the library itself."""
