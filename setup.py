@@ -34,6 +34,9 @@ setup(
         "typer>=0.12",
         "rich>=13",
         "rosbags>=0.10",
+        # The default CPU crop encoder (clip.backend=auto: ONNX Runtime int8 where it keeps the features).
+        "onnxruntime>=1.17",
+        "onnx>=1.15",
     ],
     extras_require={
         "test": ["pytest>=8"],
@@ -43,8 +46,7 @@ setup(
             "ros-geometry-msgs", "ros-visualization-msgs", "ros-diagnostic-msgs",
         ],
         "slic": ["scikit-image>=0.22"],
-        # Faster CLIP crop encoding on CPUs (clip.backend=auto picks them up when installed; see README).
-        "onnx": ["onnxruntime>=1.17", "onnx>=1.15"],
+        # Another CPU crop encoder (clip.backend=openvino; auto takes it after ONNX Runtime int8, see README).
         "openvino": ["openvino>=2024.0"],
         # SAM-refined instances (sam.backend=segment_anything); only its torch-only modules are imported.
         "sam": ["segment-anything>=1.0"],

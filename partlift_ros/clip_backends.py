@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 EXPORTED = ("onnxruntime", "openvino")
-EXTRA = {"onnxruntime": "pip install -e '.[onnx]' (onnxruntime + onnx)", "openvino": "pip install -e '.[openvino]'"}
+EXTRA = {"onnxruntime": "pip install onnxruntime onnx (dependencies of partlift_ros)", "openvino": "pip install -e '.[openvino]'"}
 
 
 @dataclass(frozen=True)

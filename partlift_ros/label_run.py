@@ -153,6 +153,7 @@ def start_label_run(pipeline, job: LabelJob) -> None:
     if "clip_files" not in job.fingerprint:  # a hub id fetched just now, or a model built in code
         known = (job.previous or {}).get("clip_files")
         job.fingerprint["clip_files"] = clip_files(cfg.clip, known, model=pipeline.labeler.model)
+    job.fingerprint["clip_encoder"] = pipeline.labeler.backend
     if job.previous is not None:
         diffs = fingerprint_differences(job.previous, job.fingerprint)
         if diffs:

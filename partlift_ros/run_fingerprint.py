@@ -27,7 +27,7 @@ from .types import InputError
 FINGERPRINT_FILE = "fingerprint.json"
 FORMAT = 1
 # Config keys that never change a label (how a model is fetched); compared nowhere.
-NOT_LABEL_KEYS = ("clip.local_files_only",)
+NOT_LABEL_KEYS = ("clip.local_files_only", "clip.export_dir")
 MODEL_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.index.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                    "merges.txt", "special_tokens_map.json")
@@ -55,8 +55,10 @@ def run_fingerprint(cfg: PipelineConfig, source: dict, seen_labels: str | None =
 
 def model_reference(model: str) -> str:
     """A local folder as its absolute path (the same folder from another working directory), a hub id as is."""
-    p = Path(model).expanduser()
-    return str(p.resolve()) if p.exists() else model
+    from .model_source import model_source
+
+    folder = model_source(model, "CLIP model", InputError).folder
+    return str(folder.resolve()) if folder is not None else model
 
 
 def _bag_bytes(path: Path) -> int:
@@ -89,9 +91,11 @@ def clip_files(clip_cfg, known: dict | None = None, model: Any = None) -> dict[s
 
 def _model_folder(source: str, local_files_only: bool) -> Path | None:
     """The folder holding a model's files: the local folder, or the Hugging Face cache snapshot of a hub id."""
-    p = Path(source).expanduser()
-    if p.is_dir():
-        return p
+    from .model_source import model_source
+
+    folder = model_source(source, "CLIP model", InputError).folder
+    if folder is not None:
+        return folder
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -137,6 +141,10 @@ def fingerprint_differences(run: dict, new: dict) -> list[str]:
     for key in ("source", "seen_labels", "partlift_version", "format"):
         if run.get(key) != new.get(key):
             lines.append(f"{key}: the run has {_show(run.get(key))}, this invocation {_show(new.get(key))}")
+    # The crop encoder `clip.backend: auto` chose (it depends on the machine and the installed runtimes).
+    if "clip_encoder" in run and "clip_encoder" in new and run["clip_encoder"] != new["clip_encoder"]:
+        lines.append(f"CLIP crop encoder: the run has {_show(run['clip_encoder'])}, this invocation "
+                     f"{_show(new['clip_encoder'])} (set clip.backend / clip.precision to the run's)")
     if "clip_files" in run and "clip_files" in new:
         old_files, new_files = run["clip_files"], new["clip_files"]
         for name in sorted(set(old_files) | set(new_files)):

@@ -28,18 +28,13 @@ def resolve_config(config_file: Path | None, **overrides):
 @contextmanager
 def reported_errors():
     """Turn the library's precise exceptions into one red line and exit code 2 (no traceback)."""
+    from ..clip_loading import ModelLoadError
     from ..config import ConfigError
+    from ..sam_refine import SamLoadError
     from ..types import InputError
 
-    load_error: tuple[type, ...] = ()
-    try:
-        from ..clip_labeling import ModelLoadError
-
-        load_error = (ModelLoadError,)
-    except ImportError:
-        pass
     try:
         yield
-    except (InputError, ConfigError, FileNotFoundError, *load_error) as exc:
+    except (InputError, ConfigError, FileNotFoundError, ModelLoadError, SamLoadError) as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(2) from None

@@ -48,7 +48,7 @@ def demo(
                 f"[bold red]These are not labels:[/] {check}\n"
                 f"That is chance level: the weights in {result.clip_model!r} look untrained, or do not match the "
                 "model or tokenizer. The pictures show CLIP's output only to make that visible; nothing was scored as labels.\n"
-                "Use real CLIP weights: partlift demo --download (fetches openai/clip-vit-base-patch32) or --clip-model PATH."
+                f"Use real CLIP weights: {how_to_get_weights()}"
             )
             console.print(
                 f"instance ceiling (mIoU if every superpoint took its majority ground-truth class, front view) "
@@ -57,7 +57,7 @@ def demo(
     else:
         console.print(
             f"[bold yellow]No labels:[/] CLIP weights for {result.clip_model!r} could not be loaded "
-            f"({result.clip_error.splitlines()[0][:200]}).\n"
+            f"({' '.join(result.clip_error.split())}).\n"
             "Labelling needs real CLIP weights; random weights would give meaningless classes, so none are shown.\n"
             "Ran the CLIP-free stages instead: superpoints and visibility on the real frames."
         )
@@ -65,9 +65,21 @@ def demo(
             f"superpoints per frame (median) {m['superpoints_per_frame_median']:.0f}; instance ceiling "
             f"(mIoU if every superpoint took its majority ground-truth class, front view) {pct(m['ceiling_miou_front'])}"
         )
-        console.print("To label: partlift demo --download (fetches openai/clip-vit-base-patch32) or --clip-model PATH.")
+        console.print(f"To label: {how_to_get_weights()}")
     for p in result.pngs:
         console.print(f"wrote {p}")
+
+
+def how_to_get_weights() -> str:
+    """Advice that can work on this machine: --download where the hub answers, else fetch the folder elsewhere."""
+    from ..clip_loading import offline_fix
+    from ..config import ClipConfig
+    from ..model_source import hub_unreachable_reason
+
+    hub_id = ClipConfig().model
+    if hub_unreachable_reason() is None:
+        return f"partlift demo --download (fetches {hub_id}) or --clip-model PATH."
+    return f"the hub cannot be reached from here. {offline_fix(hub_id)}."
 
 
 def pct(value) -> str:
