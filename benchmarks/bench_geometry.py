@@ -37,7 +37,7 @@ from partlift_ros.calibration import parse_kitti_calib, project_points
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES, ClusteringConfig, VisibilityConfig
 from partlift_ros.image_regions import graph_regions, segment_image
 from partlift_ros.metrics import ConfusionAccumulator, confusion_matrix, instance_ceiling, mean_iou
-from partlift_ros.semantickitti import read_label_file
+from partlift_ros.semantickitti import read_train_ids
 from partlift_ros.superpoints import segment_superpoints
 from partlift_ros.superpoints.budget import superpoint_budget
 from partlift_ros.superpoints.merge import candidate_pairs, sum_by, unique_pairs
@@ -56,7 +56,7 @@ def frames(root: Path, limit: int | None):
             if limit is not None and i >= limit:
                 break
             points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
-            labels = read_label_file(seq_dir / "labels" / f"{scan.stem}.label", len(points))  # train ids already
+            labels = read_train_ids(seq_dir / "labels" / f"{scan.stem}.label", len(points))
             image = cv2.cvtColor(cv2.imread(str(seq_dir / "image_2" / f"{scan.stem}.png")), cv2.COLOR_BGR2RGB)
             yield seq_dir.name, f"{seq_dir.name}/{scan.stem}", points, labels, image, calib
 

@@ -139,14 +139,6 @@ def run_to_train_ids(run: np.ndarray, class_names: list[str]) -> np.ndarray:
     return table[np.where((run >= 0) & (run < len(class_names)), run, len(class_names))]
 
 
-def map_raw_labels(raw: np.ndarray) -> np.ndarray:
-    """Deprecated name of :func:`raw_to_train_ids`."""
-    import warnings
-
-    warnings.warn("map_raw_labels is now raw_to_train_ids", DeprecationWarning, stacklevel=2)
-    return raw_to_train_ids(raw)
-
-
 def colorize(labels: np.ndarray) -> np.ndarray:
     """(N,) train ids -> (N, 3) uint8 RGB; ignored points are black."""
     labels = np.asarray(labels)
@@ -177,10 +169,3 @@ def read_train_ids(path: str | os.PathLike, n_points: int) -> np.ndarray:
     """Read a ``.label`` file: (n_points,) int32 train ids (0..18 in SEMANTIC_KITTI_CLASSES order, -1 = ignore)."""
     return raw_to_train_ids(read_raw_labels(path, n_points))
 
-
-def read_label_file(path: str | os.PathLike, n_points: int) -> np.ndarray:
-    """Deprecated name of :func:`read_train_ids` (it returns train ids, not raw labels)."""
-    import warnings
-
-    warnings.warn("read_label_file is now read_train_ids", DeprecationWarning, stacklevel=2)
-    return read_train_ids(path, n_points)

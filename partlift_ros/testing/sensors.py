@@ -21,7 +21,7 @@ import numpy as np
 
 from ..io.kitti import KittiSequenceReader
 from ..io.pointcloud2 import cloud_to_scan, encode_pointcloud2
-from ..semantickitti import read_label_file
+from ..semantickitti import read_train_ids
 from ..types import Frame
 
 KITTI_LASERS = 64
@@ -42,7 +42,7 @@ def kitti_frames(sequence_dir: str | Path, cameras: tuple[int, ...] = (2,), fram
     reader = KittiSequenceReader(sequence_dir, frames=frames, load_labels=True, cameras=cameras)
     root = Path(sequence_dir)
     for frame in reader:
-        gt = read_label_file(root / "labels" / f"{frame.index:06d}.label", frame.points.shape[0])
+        gt = read_train_ids(root / "labels" / f"{frame.index:06d}.label", frame.points.shape[0])
         yield LabelledFrame(f"{root.name}/{frame.index:06d}", frame, gt)
 
 
