@@ -34,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # `partlift label --workers N` / `--ray-address`: chunks of many bags on a Ray cluster.
+        "ray": ["ray[default]>=2.9"],
         # rclpy for machines without a ROS 2 install (a sourced ROS 2 provides these instead).
         "ros-wheels": [
             "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-sensor-msgs", "ros-std-msgs",

@@ -8,6 +8,7 @@ from .label import exit_code
 
 def report_fleet(fleet, stats: dict) -> int:
     """Print the per-source table, what was skipped and where fleet.json is; the worst exit code of the sources."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..fleet import FLEET_FILE, frames_written
@@ -29,11 +30,11 @@ def report_fleet(fleet, stats: dict) -> int:
                       f"{stats['clip_peak_rss_mb']:.0f} MiB per CLIP actor")
     for s in fleet.sources:
         for why in s.summary.warnings:
-            console.print(f"[yellow]warning:[/] {s.name}: {why}")
+            console.print(f"[yellow]warning:[/] {s.name}: {escape(why)}")
         for why in s.summary.skipped_messages:
-            console.print(f"[red]message skipped:[/] {s.name}: {why}")
+            console.print(f"[red]message skipped:[/] {s.name}: {escape(why)}")
         for _, why in s.summary.frames_failed:
-            console.print(f"[red]skipped[/] {s.name}: {why}")
+            console.print(f"[red]skipped[/] {s.name}: {escape(why)}")
     codes = {s.name: exit_code(s.summary) for s in fleet.sources}
     for name, code in codes.items():
         if code == 2:
