@@ -25,6 +25,7 @@ setup(
         "torch>=2.1",
         "transformers>=4.40",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3",  # a labelling job fixes the BLAS/OpenMP thread count (float results depend on it)
         "opencv-contrib-python-headless>=4.8",
         "Pillow>=10",
         "PyYAML>=6",

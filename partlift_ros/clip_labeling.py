@@ -233,13 +233,12 @@ def _single_threaded():
 @contextmanager
 def torch_threads(n: int):
     """Run CPU torch ops with ``n`` intra-op threads, then restore the thread count. (The float results of
-    the vision tower on a CPU depend on it: a labelling job fixes it, config ``job.clip_threads``.)"""
+    the vision tower on a CPU depend on it: a labelling job fixes it, config ``job.threads``.)"""
     import torch
 
     before = torch.get_num_threads()
-    if before == n:
-        yield
-        return
+    # Set even when it reads n already: the count it reads is OpenMP's, which another library may have set
+    # (threadpoolctl) without torch's other pools following.
     torch.set_num_threads(n)
     try:
         yield

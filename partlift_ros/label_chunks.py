@@ -158,6 +158,14 @@ def label_chunk(
 
     clip = clip or LocalClip(pipeline)
     encoding: deque = deque()  # (CLIP group, handle) in the order the groups closed
+    with job_threads(pipeline.cfg.job.threads):
+        _feed(pipeline, source, steps, prepare_frame, clip, encoding, fail, emit, result)
+    return result
+
+
+def _feed(pipeline, source, steps, prepare_frame, clip, encoding: deque, fail, emit, result: ChunkResult) -> None:
+    """Read the planned frames, prepare them, send each closed CLIP group to ``clip`` and label the groups in
+    order as their results come back (one group encodes while the next is prepared)."""
 
     def settle(keep: int) -> None:
         """Label the groups whose CLIP results are back, oldest first, until ``keep`` are still encoding."""
@@ -186,7 +194,6 @@ def label_chunk(
     submit(pipeline.open_group())
     settle(0)
     emit(pipeline.flush())
-    return result
 
 
 class LocalClip:
@@ -204,13 +211,22 @@ class LocalClip:
 
 
 def timed_clip_scores(pipeline, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
-    """``pipeline.clip_scores(crops)`` with ``job.clip_threads`` torch threads, and the milliseconds it took."""
+    """``pipeline.clip_scores(crops)`` with ``job.threads`` threads, and the milliseconds it took."""
     from .clip_labeling import torch_threads
 
     t0 = time.perf_counter()
-    with torch_threads(pipeline.cfg.job.clip_threads):
+    with torch_threads(pipeline.cfg.job.threads), job_threads(pipeline.cfg.job.threads):
         features, scores = pipeline.clip_scores(crops)
     return features, scores, (time.perf_counter() - t0) * 1e3
+
+
+def job_threads(n: int):
+    """A context with BLAS and OpenMP pools at ``n`` threads (config ``job.threads``; torch's own pool is set
+    where CLIP runs): the float results of matrix products depend on the thread count, and a Ray worker
+    starts with other pool sizes than this process."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
 
 
 def _reason(index: int, exc: Exception) -> str:

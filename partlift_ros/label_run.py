@@ -149,9 +149,10 @@ def start_label_run(pipeline, job: LabelJob) -> None:
     from .io.writers import LabelRunWriter
 
     from .clip_labeling import torch_threads
+    from .label_chunks import job_threads
 
     cfg = pipeline.cfg
-    with torch_threads(cfg.job.clip_threads):  # cached for the job's scores: as a CLIP actor computes them
+    with torch_threads(cfg.job.threads), job_threads(cfg.job.threads):  # cached for the scores: as an actor does
         text_embeddings = pipeline.text_embeddings()  # loads CLIP: a bad model fails here, before anything is written
     if "clip_files" not in job.fingerprint:  # a hub id fetched just now, or a model built in code
         known = (job.previous or {}).get("clip_files")

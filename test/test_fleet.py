@@ -144,6 +144,24 @@ print(json.dumps(dict(failed=failed, code=r.exit_code, ray="ray" in sys.modules)
     assert got["code"] == 0 and not got["ray"]
 
 
+def test_a_process_with_other_thread_pools_labels_the_same_bytes(tmp_path, seq08, tiny_clip_dir):
+    """A Ray worker starts with OMP_NUM_THREADS=1; this process with the machine's cores. CLIP's vision tower
+    and the affinity products give other float bits with other thread counts, so a job fixes them
+    (job.threads): the default config's blocks (about 600 instances here) show it."""
+    args = ["label", seq08, "--clip-model", tiny_clip_dir, "--frames", "0:2"]
+    r = invoke(*args, "--out", tmp_path / "here")
+    assert r.exit_code == 0, r.output
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    script = ("import sys; from typer.testing import CliRunner; from partlift_ros.cli import app; "
+              "r = CliRunner().invoke(app, sys.argv[1:]); sys.exit(r.exit_code)")
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args), "--out", str(tmp_path / "one-thread")],
+                          capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert len(np.load(tmp_path / "here" / "frames" / "000000.npz")["block"]) == 2  # one block: a cross-frame group
+    assert run_files(tmp_path / "one-thread") == run_files(tmp_path / "here")
+
+
 # --------------------------------------------------------------------------------------------- on Ray
 def test_two_workers_on_a_local_ray_cluster_write_the_bytes_of_one_process(one_process, fleet_args, tmp_path):
     pytest.importorskip("ray")
