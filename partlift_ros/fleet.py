@@ -137,7 +137,8 @@ def label_fleet(
             on_progress(finished[0], fleet.frames_total)
 
     try:
-        if (workers or 1) == 1 and ray_address is None:
+        finished_before = fleet.done_before == fleet.frames_total  # nothing to label: no cluster to start
+        if finished_before or ((workers or 1) == 1 and ray_address is None):
             for s in fleet.sources:
                 seen = [s.job.done_before]
 
