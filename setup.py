@@ -28,6 +28,7 @@ setup(
         "torch>=2.1",
         "transformers>=4.40",
         "scikit-learn>=1.3",
+        "threadpoolctl>=3",  # a labelling job fixes the BLAS/OpenMP thread count (float results depend on it)
         "opencv-contrib-python-headless>=4.8",
         "Pillow>=10",
         "PyYAML>=6",
@@ -40,6 +41,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # `partlift label --workers N` / `--ray-address`: chunks of many bags on a Ray cluster.
+        "ray": ["ray[default]>=2.9"],
         # rclpy for machines without a ROS 2 install (a sourced ROS 2 provides these instead).
         "ros-wheels": [
             "ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-sensor-msgs", "ros-std-msgs",

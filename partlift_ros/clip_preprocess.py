@@ -121,17 +121,24 @@ def _single_threaded():
     intra-op threads only add fork/join cost, and when the CPU is shared with other processes each join
     can wait a whole scheduler slice (measured: 2 threads on 2 busy cores ran several times slower than 1).
     """
+    with torch_threads(1):
+        yield
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run CPU torch ops with ``n`` intra-op threads, then restore the thread count. (The float results of
+    the vision tower on a CPU depend on it: a labelling job fixes it, config ``job.threads``.)"""
     import torch
 
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
+    before = torch.get_num_threads()
+    # Set even when it reads n already: the count it reads is OpenMP's, which another library may have set
+    # (threadpoolctl) without torch's other pools following.
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(before)
 
 
 def _center_crop(x: "torch.Tensor", crop_hw: tuple[int, int]) -> "torch.Tensor":

@@ -160,6 +160,10 @@ class JobConfig:
     # (offline block queue, online window) starts afresh at every chunk, so a chunk's labels do not depend on
     # any other chunk, a resumed run equals an uninterrupted one and chunks can be labelled apart (0 = one chunk).
     chunk_frames: int = 100
+    # Threads of torch, BLAS and OpenMP in every process of a job (this one, Ray's workers and CLIP actors): CPU
+    # float results (CLIP's vision tower, the affinity products) depend on the thread count, so a job with N
+    # workers gives the bytes of one process only when all use the same number.
+    threads: int = 1
 
 
 @dataclass
@@ -226,6 +230,8 @@ class PipelineConfig:
             raise ConfigError(f"clustering.rough_cut_window: need >= 1 point, got {c.rough_cut_window}")
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
+        if self.job.threads < 1:
+            raise ConfigError(f"job.threads: expected >= 1 threads, got {self.job.threads}")
         if self.job.chunk_frames < 0:
             raise ConfigError(f"job.chunk_frames: expected >= 0 frames (0 = one chunk), got {self.job.chunk_frames}")
         if self.sam.box_batch_size < 1 or not 0.0 <= self.sam.min_point_fraction <= 1.0:

@@ -22,12 +22,17 @@ of an uninterrupted run.
 Labelling a source in pieces (several processes, issue 15): the driver calls
 ``label_run.prepare_label_job`` and ``start_label_run`` once per source (checks, fingerprint, metadata);
 any worker then labels one chunk of ``job.chunks`` with ``label_chunk(pipeline, job.source, chunk,
-LabelRunWriter(job.out_dir, cfg.classes, cfg))`` and its own ``LabelPipeline(cfg)``. ``job.source`` holds
-no open file (a bag's first-pass index is plain arrays), so it can be shipped to the worker as it is.
+LabelRunWriter(job.out_dir, cfg.classes, cfg), clip=...)`` and its own ``LabelPipeline(cfg)`` (which needs
+no CLIP model when ``clip`` encodes elsewhere: ``fleet_ray.py``). ``job.source`` holds no open file (a bag's
+first-pass index is plain arrays), so it can be shipped to the worker as it is. CLIP encodes the crops of a
+CLIP group (an offline block, or one frame: ``clip_groups.py``) together in every mode, so the bytes do not
+depend on where it runs.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +109,15 @@ def label_chunk(
     writer,
     prepare_frame: Callable | None = None,
     on_frame: Callable[[int, str], None] | None = None,
+    clip=None,
 ) -> ChunkResult:
     """Label the frames ``chunk`` (sorted frame numbers, all in one chunk) of ``source`` into ``writer``'s run.
 
     ``source``: a ``label_job.FrameSource``; ``writer``: a ``LabelRunWriter`` (frames it holds are resumed);
     ``prepare_frame(frame)`` may attach per-frame inputs (seen labels) and raise InputError;
-    ``on_frame(index, what)`` is called per frame written ("labelled") or skipped ("failed") now.
+    ``on_frame(index, what)`` is called per frame written ("labelled") or skipped ("failed") now;
+    ``clip`` encodes the crops of each CLIP group (default ``LocalClip(pipeline)``; a fleet worker passes
+    CLIP actors), while the next group's geometry runs.
     Deterministic: the same chunk gives the same bytes whatever ran before it in this process.
     """
     from .io.writers import read_frame_arrays
@@ -148,6 +156,28 @@ def label_chunk(
             if on_frame:
                 on_frame(index, "labelled")
 
+    clip = clip or LocalClip(pipeline)
+    encoding: deque = deque()  # (CLIP group, handle) in the order the groups closed
+    with job_threads(pipeline.cfg.job.threads):
+        _feed(pipeline, source, steps, prepare_frame, clip, encoding, fail, emit, result)
+    return result
+
+
+def _feed(pipeline, source, steps, prepare_frame, clip, encoding: deque, fail, emit, result: ChunkResult) -> None:
+    """Read the planned frames, prepare them, send each closed CLIP group to ``clip`` and label the groups in
+    order as their results come back (one group encodes while the next is prepared)."""
+
+    def settle(keep: int) -> None:
+        """Label the groups whose CLIP results are back, oldest first, until ``keep`` are still encoding."""
+        while len(encoding) > keep:
+            group, handle = encoding.popleft()
+            emit(pipeline.label_group(group, *clip.result(handle)))
+
+    def submit(group: list) -> None:
+        if group:
+            encoding.append((group, clip.submit([crop for p in group for crop in p.crops])))
+            settle(1)  # one group encodes while the next one is prepared
+
     for index, frame in source.read([i for i, _ in steps]):
         if isinstance(frame, InputError):
             fail(index, frame)
@@ -156,16 +186,47 @@ def label_chunk(
         try:
             if prepare_frame is not None:
                 prepare_frame(frame)
-            block = pipeline.process(frame)
+            prepared = pipeline.prepare(frame)
         except InputError as exc:
             fail(index, exc)
             continue
-        if block:
-            emit(block)
-    final = pipeline.flush()
-    if final:
-        emit(final)
-    return result
+        submit(pipeline.queue_prepared(prepared))
+    submit(pipeline.open_group())
+    settle(0)
+    emit(pipeline.flush())
+
+
+class LocalClip:
+    """CLIP in this process for ``label_chunk``: ``submit(crops)`` encodes at once, ``result`` hands it back.
+    (A fleet worker passes a remote one with the same two methods: ``fleet_ray.RemoteClip``.)"""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+
+    def submit(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+        return timed_clip_scores(self.pipeline, crops)
+
+    def result(self, handle: tuple[np.ndarray, np.ndarray, float]) -> tuple[np.ndarray, np.ndarray, float]:
+        return handle
+
+
+def timed_clip_scores(pipeline, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+    """``pipeline.clip_scores(crops)`` with ``job.threads`` threads, and the milliseconds it took."""
+    from .clip_labeling import torch_threads
+
+    t0 = time.perf_counter()
+    with torch_threads(pipeline.cfg.job.threads), job_threads(pipeline.cfg.job.threads):
+        features, scores = pipeline.clip_scores(crops)
+    return features, scores, (time.perf_counter() - t0) * 1e3
+
+
+def job_threads(n: int):
+    """A context with BLAS and OpenMP pools at ``n`` threads (config ``job.threads``; torch's own pool is set
+    where CLIP runs): the float results of matrix products depend on the thread count, and a Ray worker
+    starts with other pool sizes than this process."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
 
 
 def _reason(index: int, exc: Exception) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from .config import PipelineConfig, atomic_write_bytes, atomic_write_text, umask
-from .label_chunks import chunk_conflicts, label_chunk, split_chunks
+from .label_chunks import ChunkResult, chunk_conflicts, label_chunk, split_chunks
 from .label_job import FrameSource, SourceSpec, frames_in_range, open_frame_source, seen_labels_for
 from .run_fingerprint import (
     FINGERPRINT_FILE, clip_files, fingerprint_differences, read_fingerprint, run_fingerprint, write_fingerprint,
@@ -148,8 +148,12 @@ def start_label_run(pipeline, job: LabelJob) -> None:
     """Load CLIP, check its files against the run's (resume) and write the run's metadata (see module doc)."""
     from .io.writers import LabelRunWriter
 
+    from .clip_labeling import torch_threads
+    from .label_chunks import job_threads
+
     cfg = pipeline.cfg
-    text_embeddings = pipeline.text_embeddings()  # loads CLIP: a bad model fails here, before anything is written
+    with torch_threads(cfg.job.threads), job_threads(cfg.job.threads):  # cached for the scores: as an actor does
+        text_embeddings = pipeline.text_embeddings()  # loads CLIP: a bad model fails here, before anything is written
     if "clip_files" not in job.fingerprint:  # a hub id fetched just now, or a model built in code
         known = (job.previous or {}).get("clip_files")
         job.fingerprint["clip_files"] = clip_files(cfg.clip, known, model=pipeline.labeler.model)
@@ -196,10 +200,7 @@ def execute_label_job(
     from .io.writers import LabelRunWriter
 
     t_start = time.perf_counter()
-    summary = summary if summary is not None else JobSummary()
-    summary.frames_total, summary.frames_skipped = len(job.indices), job.done_before
-    summary.skipped_messages = list(job.source.skipped_images)
-    summary.warnings = list(job.source.skipped_calibration)
+    summary = begin_summary(job, summary)
     writer = LabelRunWriter(job.out_dir, pipeline.cfg.classes, pipeline.cfg)
     finished = [job.done_before]
 
@@ -209,27 +210,53 @@ def execute_label_job(
         if on_progress:
             on_progress(finished[0], summary.frames_total)
 
-    def prepare(frame) -> None:
-        if job.seen_labels_dir is not None:
-            cfg = pipeline.cfg
-            frame.seen_labels = seen_labels_for(
-                job.seen_labels_dir, frame.index, frame.points.shape[0], cfg.classes, cfg.unseen_classes)
-
     for chunk in job.chunks:
-        result = label_chunk(pipeline, job.source, chunk, writer, prepare, on_frame)
-        summary.frames_failed.extend(result.failed)
-        summary.frames_read += result.read
-        summary.points_total += result.points_total
-        summary.points_labelled += result.points_labelled
-        for stage, values in result.stage_ms.items():
-            summary.stage_ms.setdefault(stage, []).extend(values)
-    if summary.stage_ms:  # a run resumed with nothing left to do keeps the timing of the run that labelled it
-        writer.write_timing(summary.stage_ms)
-    if job.bag_out is not None:
-        summary.bag_frames = write_run_bag(job, pipeline.cfg.classes)
-        summary.bag_path = job.bag_out
+        record_chunk(summary, label_chunk(pipeline, job.source, chunk, writer, seen_labels_setter(job), on_frame))
+    finish_label_job(job, summary)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def begin_summary(job: LabelJob, summary: JobSummary | None = None) -> JobSummary:
+    """The job's summary before any chunk: the range, what was done before, messages skipped on opening."""
+    summary = summary if summary is not None else JobSummary()
+    summary.frames_total, summary.frames_skipped = len(job.indices), job.done_before
+    summary.skipped_messages = list(job.source.skipped_images)
+    summary.warnings = list(job.source.skipped_calibration)
+    return summary
+
+
+def record_chunk(summary: JobSummary, result: ChunkResult) -> None:
+    """Add what one chunk did to the summary (``frames_done`` is counted as frames are written)."""
+    summary.frames_failed.extend(result.failed)
+    summary.frames_read += result.read
+    summary.points_total += result.points_total
+    summary.points_labelled += result.points_labelled
+    for stage, values in result.stage_ms.items():
+        summary.stage_ms.setdefault(stage, []).extend(values)
+
+
+def finish_label_job(job: LabelJob, summary: JobSummary) -> None:
+    """After the last chunk: timing.json (when frames were labelled now) and the labelled bag, if asked for."""
+    from .io.writers import LabelRunWriter
+
+    if summary.stage_ms:  # a run resumed with nothing left to do keeps the timing of the run that labelled it
+        LabelRunWriter(job.out_dir, job.cfg.classes, job.cfg).write_timing(summary.stage_ms)
+    if job.bag_out is not None:
+        summary.bag_frames = write_run_bag(job, job.cfg.classes)
+        summary.bag_path = job.bag_out
+
+
+def seen_labels_setter(job: LabelJob) -> Callable | None:
+    """``prepare_frame`` for ``label_chunk``: attaches the zero-shot seen labels, when the job has them."""
+    if job.seen_labels_dir is None:
+        return None
+    folder, classes, unseen = job.seen_labels_dir, job.cfg.classes, job.cfg.unseen_classes
+
+    def prepare(frame) -> None:
+        frame.seen_labels = seen_labels_for(folder, frame.index, frame.points.shape[0], classes, unseen)
+
+    return prepare
 
 
 def write_run_bag(job: LabelJob, classes: list[str]) -> int:

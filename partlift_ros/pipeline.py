@@ -10,6 +10,11 @@ before CLIP and leave the points that project outside their instance's mask unla
 ``process(frame)`` returns the frames whose labels are final: in online mode always the frame just given;
 in offline mode (the paper's block queue) frames come out in blocks once enough instances are queued, and
 ``flush()`` returns the rest at the end of a sequence.
+
+CLIP encodes the crops of one *CLIP group* together, in ``clip.batch_size`` batches: the frames of one offline
+affinity block (known from the crop counts, before CLIP runs), else one frame. CLIP's float results depend on
+how crops are batched, so this one rule gives the same bytes whether ``process`` runs the stages in one call or
+a labelling job runs them apart (``prepare`` in one process, ``clip_scores`` in another, then ``label_group``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .calibration import Projection, project_points
+from .clip_groups import ClipGroups, PreparedFrame
 from .config import PipelineConfig
 from .points import finite_points_mask
 from .types import IGNORE, Frame, LabelledCloud
@@ -91,6 +97,7 @@ class LabelPipeline:
         self._sam = sam  # sam_refine.BoxMasker, used only when cfg.sam.enabled
         self._pending: OrderedDict[int, _Analysed] = OrderedDict()
         self._next_key = 0
+        self._groups = ClipGroups(cfg.affinity)
         self._make_queue()
 
     # ----------------------------------------------------------------- configuration
@@ -133,6 +140,7 @@ class LabelPipeline:
     def reset(self) -> None:
         """Forget queued frames and affinity context (e.g. after a class change or a jump in time)."""
         self._pending.clear()
+        self._groups = ClipGroups(self.cfg.affinity)
         self._make_queue()
 
     def _make_queue(self) -> None:
@@ -158,7 +166,74 @@ class LabelPipeline:
     # ----------------------------------------------------------------- per frame
     def process(self, frame: Frame) -> list[LabelledCloud]:
         """Label one frame; returns the frames whose labels are now final (see module doc)."""
-        analysed = self._analyse(frame)
+        return self._label_now(self.queue_prepared(self.prepare(frame)))
+
+    def flush(self) -> list[LabelledCloud]:
+        """Refine and return every frame still queued (offline mode); no-op online."""
+        out = self._label_now(self.open_group())
+        if self.cfg.affinity.mode != "offline" or not self.cfg.affinity.enabled:
+            return out
+        return out + [self._finish(self._pending.pop(k), y) for k, y in self._queue.flush()]
+
+    def _label_now(self, group: list[PreparedFrame]) -> list[LabelledCloud]:
+        if not group:
+            return []
+        t0 = time.perf_counter()
+        features, scores = self.clip_scores([c for p in group for c in p.crops])
+        return self.label_group(group, features, scores, (time.perf_counter() - t0) * 1e3)
+
+    # ----------------------------------------------------------------- the stages apart (labelling jobs)
+    def prepare(self, frame: Frame) -> PreparedFrame:
+        """Every stage before CLIP (geometry, crops, SAM when enabled); needs no CLIP model."""
+        clock = _StageClock()
+        g = self.geometry(frame, clock)
+        crops, valid, boxes, keep = self._crops(frame, g.projections, g.visible_per_camera, g.instance,
+                                                g.num_instances, clock)
+        clock.lap("crops")
+        return PreparedFrame(frame, g.instance, g.visible, g.num_instances, valid, boxes, keep, crops, clock.times)
+
+    def queue_prepared(self, prepared: PreparedFrame) -> list[PreparedFrame]:
+        """Add a prepared frame to the open CLIP group; returns the group it closes ([] while open)."""
+        return self._groups.add(prepared)
+
+    def open_group(self) -> list[PreparedFrame]:
+        """Take the open CLIP group (end of a sequence or chunk); [] when none."""
+        return self._groups.take()
+
+    def clip_scores(self, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(M, D) features and (M, C) scores of a CLIP group's crops (zeros outside the candidate classes)."""
+        cfg = self.cfg
+        if not crops:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros((0, len(cfg.classes)), dtype=np.float32)
+        cand = self.candidate_classes()
+        text = self.labeler.text_embeddings([cfg.classes[i] for i in cand])
+        features = self.labeler.encode_crops(crops)
+        scores = np.zeros((features.shape[0], len(cfg.classes)), dtype=np.float32)
+        scores[:, cand] = self.labeler.scores(features, text)
+        return features, scores
+
+    def label_group(self, group: list[PreparedFrame], features: np.ndarray, scores: np.ndarray,
+                    clip_ms: float = 0.0) -> list[LabelledCloud]:
+        """Finish a closed CLIP group with its ``clip_scores`` (groups in the order they closed); returns the
+        frames whose labels are now final. ``clip_ms`` is shared among the frames by their crops."""
+        out: list[LabelledCloud] = []
+        total = sum(len(p.crops) for p in group)
+        start = 0
+        for p in group:
+            m = len(p.crops)
+            timings = dict(p.timings_ms)
+            timings["clip"] = clip_ms * m / total if total else 0.0
+            if m:
+                f, y = features[start:start + m], scores[start:start + m]
+            else:  # as a frame labelled alone: no feature columns
+                f, y = np.zeros((0, 0), dtype=np.float32), np.zeros((0, len(self.cfg.classes)), dtype=np.float32)
+            start += m
+            out += self._push(_Analysed(p.frame, p.instance, p.visible, p.num_instances, p.valid, p.boxes, y, f,
+                                        timings, p.keep))
+        return out
+
+    def _push(self, analysed: _Analysed) -> list[LabelledCloud]:
+        """Into the affinity stage; the frames it releases, labelled."""
         key = self._next_key
         self._next_key += 1
         a = self.cfg.affinity
@@ -174,12 +249,6 @@ class LabelPipeline:
         # A block is refined when the frame that fills it arrives: that frame carries the cost.
         analysed.timings_ms["affinity"] = (time.perf_counter() - t0) * 1e3
         return [self._finish(self._pending.pop(k), y) for k, y in ready]
-
-    def flush(self) -> list[LabelledCloud]:
-        """Refine and return every frame still queued (offline mode); no-op online."""
-        if self.cfg.affinity.mode != "offline" or not self.cfg.affinity.enabled:
-            return []
-        return [self._finish(self._pending.pop(k), y) for k, y in self._queue.flush()]
 
     def geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
         """The CLIP-free stages: projection, superpixels, superpoints and visibility."""
@@ -232,27 +301,6 @@ class LabelPipeline:
         clock.lap("visibility")
         m = int(instance.max()) + 1 if instance.size and instance.max() >= 0 else 0
         return Geometry(projections, superpixels, in_view, instance, m, visible_per_cam, visible)
-
-    def _analyse(self, frame: Frame) -> _Analysed:
-        cfg = self.cfg
-        clock = _StageClock()
-        g = self.geometry(frame, clock)
-        projections, visible_per_cam, instance, visible, m = (
-            g.projections, g.visible_per_camera, g.instance, g.visible, g.num_instances
-        )
-        crops, valid, boxes, keep = self._crops(frame, projections, visible_per_cam, instance, m, clock)
-        clock.lap("crops")
-
-        c = len(cfg.classes)
-        scores = np.zeros((int(valid.sum()), c), dtype=np.float32)
-        features = np.zeros((int(valid.sum()), 0), dtype=np.float32)
-        if crops:
-            cand = self.candidate_classes()
-            text = self.labeler.text_embeddings([cfg.classes[i] for i in cand])
-            features = self.labeler.encode_crops(crops)
-            scores[:, cand] = self.labeler.scores(features, text)
-        clock.lap("clip")
-        return _Analysed(frame, instance, visible, m, valid, boxes, scores, features, clock.times, keep)
 
     def _crops(self, frame, projections, visible_per_cam, instance, m, clock):
         """One crop per instance, from the camera that sees most of its points (ties: first camera).

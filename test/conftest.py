@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from partlift_ros.testing.tiny_clip import tiny_clip_config  # noqa: F401  (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PARTLIFT_SHARED", REPO.parent / "shared"))
 KITTI_ROOT = SHARED / "data" / "semantickitti-mini"
@@ -34,37 +36,12 @@ def tokenizer_dir() -> Path:
     return TOKENIZER_DIR
 
 
-def tiny_clip_config():
-    """A small but complete CLIP architecture (random weights) so tests run fast on CPU."""
-    from transformers import CLIPConfig
-
-    return CLIPConfig(
-        text_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, vocab_size=49408,
-        ),
-        vision_config=dict(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-            image_size=224, patch_size=32,
-        ),
-        projection_dim=32,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory, tokenizer_dir: Path) -> Path:
     """A local CLIP model folder (random tiny weights + the real tokenizer), as a user would pass --clip-model."""
-    import shutil
+    from partlift_ros.testing.tiny_clip import save_random_clip
 
-    import torch
-    from transformers import CLIPModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(tiny_clip_config()).save_pretrained(folder)
-    for f in tokenizer_dir.iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+    return save_random_clip(tmp_path_factory.mktemp("tiny-clip"), tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

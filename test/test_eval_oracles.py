@@ -149,6 +149,42 @@ def test_eval_of_a_mixed_run_equals_the_reference(seq08, tmp_path):
         assert m[key] == pytest.approx(value, abs=1e-12), key
 
 
+def test_a_fleet_folder_is_scored_as_one_run_of_all_its_frames_plus_a_row_per_run(seq08, kitti_root, tmp_path):
+    """Two runs of a fleet (frames 0-4 right, frames 5-9 with every class moved) pool to what the name-based
+    reference gives one run holding all ten frames; each run's ground truth comes from its source.yaml, or
+    from GT_ROOT/sequences/<its source's name>."""
+    import json
+    import shutil
+
+    nxt = {c: SEMANTIC_KITTI_CLASSES[(i + 1) % 19] for i, c in enumerate(SEMANTIC_KITTI_CLASSES)}
+    indices = frame_numbers(seq08)
+    fleet = tmp_path / "fleet"
+    write_run(fleet / "right", seq08, indices[:5])
+    write_run(fleet / "moved", seq08, indices[5:], nxt.get)
+    for name in ("right", "moved"):
+        (fleet / name / "source.yaml").write_text(yaml.safe_dump({"kind": "kitti", "path": str(seq08)}))
+    (fleet / "fleet.json").write_text(json.dumps({"format": 1, "sources": [
+        {"name": "moved", "path": str(seq08)}, {"name": "right", "path": str(seq08)}]}))
+    one = write_run(tmp_path / "one", seq08, indices[:5])
+    for path in (fleet / "moved" / "labels").iterdir():
+        shutil.copy(path, one / "labels" / path.name)
+    ref = reference_scores(one, seq08)
+    assert 0.3 < ref["accuracy"] < 0.7  # strictly between: a pooling that favoured one run would show
+
+    for gt in ([], [kitti_root]):
+        js = tmp_path / f"fleet{len(gt)}.json"
+        r = invoke("eval", fleet, *gt, "--json", js)
+        assert r.exit_code == 0, r.output
+        m = json.loads(js.read_text())
+        assert m["pooled"]["frames"] == 10 and m["ground_truth"] == {"moved": str(seq08), "right": str(seq08)}
+        for key, value in ref.items():
+            assert m["pooled"][key] == pytest.approx(value, abs=1e-12), key
+        assert m["runs"]["right"]["accuracy"] == m["runs"]["right"]["miou_front"] == 1.0
+        assert m["runs"]["moved"]["accuracy"] == m["runs"]["moved"]["miou_front"] == 0.0
+        assert m["runs"]["right"]["frames"] == m["runs"]["moved"]["frames"] == 5
+        assert "pooled" in r.output and "moved" in r.output and "right" in r.output
+
+
 # --------------------------------------------------------------------------------- zero-shot (--seen-labels)
 def test_seen_labels_keep_their_class_and_clip_chooses_only_unseen(seq08, tiny_clip_dir, tmp_path):
     from partlift_ros.config import DEFAULT_UNSEEN

@@ -36,5 +36,7 @@ def reported_errors():
     try:
         yield
     except (InputError, ConfigError, FileNotFoundError, ModelLoadError, SamLoadError) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # a message may hold brackets: ".[ray]"
         raise typer.Exit(2) from None

@@ -11,8 +11,12 @@ from .common import console, reported_errors, resolve_config, split_names
 
 
 def label(
-    source: Path = typer.Argument(..., help="SemanticKITTI sequence folder, or a rosbag2 (.mcap, .db3, bag folder)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (re-running resumes it)."),
+    source: list[str] = typer.Argument(
+        ..., help="SemanticKITTI sequence folders or rosbag2s (.mcap, .db3, bag folder): paths, globs or @list.txt."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder (re-running resumes it); several sources: one run per source in it."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file overriding the defaults."),
     clip_model: Optional[str] = typer.Option(None, "--clip-model", help="CLIP hub id or local folder."),
     classes: Optional[str] = typer.Option(None, "--classes", help='Comma-separated class names, e.g. "car,road,tree".'),
@@ -42,18 +46,37 @@ def label(
         False, "--overwrite",
         help="Label afresh: replace the run in OUT (once the new one has started) and the --write-bag file.",
     ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-w", min=1,
+        help="Chunks labelled at once: 1 (default) in this process; N > 1 on a local Ray cluster (needs the ray extra).",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (auto: the one `ray start --head` runs here)."
+    ),
+    gpus_per_actor: float = typer.Option(
+        0.0, "--gpus-per-actor", min=0.0, help="On Ray: GPUs per CLIP actor (with --device cuda); 0 = CPU."
+    ),
+    clip_actors: Optional[int] = typer.Option(
+        None, "--clip-actors", min=1, help="On Ray: CLIP actors (default one per worker on CPU, as many as fit on GPUs)."
+    ),
 ) -> None:
-    """Label a sequence or a bag: per-point classes, confidences and superpoints in OUT.
+    """Label sequences or bags: per-point classes, confidences and superpoints in OUT.
 
     Exit codes: 0 every frame in the range is labelled; 1 finished, but some frames were skipped (listed);
     2 bad arguments or input, nothing labelled; 130 interrupted (re-running the same command resumes).
+    With several sources, the worst code over the sources.
     """
     from ..config import DEFAULT_UNSEEN
+    from ..fleet import label_fleet, plan_fleet, start_fleet
+    from ..fleet_sources import expand_sources
     from ..label_job import detect_source, parse_frame_range
-    from ..label_run import JobSummary, execute_label_job, prepare_label_job, start_label_run
     from ..pipeline import LabelPipeline
 
     with reported_errors():
+        if (workers or 1) > 1 or ray_address is not None:
+            from ..fleet_ray import import_ray
+
+            import_ray()  # before anything else: without Ray this fails at once, saying what to install
         overrides = {"classes": split_names(classes), "clip.model": clip_model, "clip.device": device}
         if affinity is not None:
             if affinity == "off":
@@ -66,34 +89,44 @@ def label(
             overrides["clustering.method"] = "dbscan"
         frame_range = parse_frame_range(frames)
         cfg = resolve_config(config, **overrides)
-        spec = detect_source(
-            source, cameras=parse_cameras(cameras), intensity_scale=cfg.points.intensity_scale,
-            points_topic=points_topic, image_topic=_topics(image_topic), camera_info_topic=_topics(camera_info_topic),
-        )
+        bag_options = dict(points_topic=points_topic, image_topic=_topics(image_topic),
+                           camera_info_topic=_topics(camera_info_topic))
+        camera_list = parse_cameras(cameras)
+
+        def detect(path):
+            return detect_source(path, cameras=camera_list, intensity_scale=cfg.points.intensity_scale, **bag_options)
+
         # Everything that can be checked without a model is checked here: nothing is written on an error.
-        job = prepare_label_job(cfg, spec, out, frame_range, seen_labels, write_bag, overwrite)
-        todo = len(job.indices) - job.done_before
-        resumed = f", {job.done_before} already done (resuming)" if job.done_before else ""
-        console.print(f"labelling {len(job.indices)} frames of {source} into {out}{resumed}")
+        fleet = plan_fleet(cfg, expand_sources(source), out, detect, frame_range, seen_labels, write_bag, overwrite)
+        total, done_before = fleet.frames_total, fleet.done_before
+        resumed = f", {done_before} already done (resuming)" if done_before else ""
+        what = f"{fleet.sources[0].path}" if not fleet.is_fleet else f"{len(fleet.sources)} sources"
+        console.print(f"labelling {total} frames of {what} into {out}{resumed}")
         pipeline = LabelPipeline(cfg)
-        summary = JobSummary()
+        stats: dict = {}
         try:
-            if todo:  # a finished run needs no model (its labelled bag is read back from OUT)
+            if total > done_before:
                 with console.status(f"loading CLIP {cfg.clip.model}"):
-                    start_label_run(pipeline, job)
+                    start_fleet(pipeline, fleet)
             with _progress_bar() as progress:
-                task = progress.add_task("label", total=len(job.indices), completed=job.done_before)
-                execute_label_job(
-                    pipeline, job, summary, lambda done, total: progress.update(task, completed=done, total=total)
-                )
+                task = progress.add_task("label", total=total, completed=done_before)
+                stats = label_fleet(pipeline, fleet, workers, ray_address, gpus_per_actor, clip_actors,
+                            lambda done, all_frames: progress.update(task, completed=done, total=all_frames))
         except KeyboardInterrupt:
+            from ..fleet import frames_written
+
+            now = sum(s.summary.frames_done for s in fleet.sources)
+            written = sum(frames_written(s.job) for s in fleet.sources)
             console.print(
-                f"[yellow]interrupted:[/] {summary.frames_done} frames labelled by this run, "
-                f"{summary.frames_skipped + summary.frames_done} of {len(job.indices)} now done in {out}; "
-                "re-running the same command resumes"
+                f"[yellow]interrupted:[/] {now} frames labelled by this run, {written} of {total} now done in "
+                f"{out}; re-running the same command resumes"
             )
             raise typer.Exit(130) from None
-    raise typer.Exit(_report(summary, out))
+    if fleet.is_fleet:
+        from .label_fleet_report import report_fleet
+
+        raise typer.Exit(report_fleet(fleet, stats))
+    raise typer.Exit(_report(fleet.sources[0].summary, out))
 
 
 def _progress_bar():
@@ -131,8 +164,15 @@ def _report(summary, out: Path) -> int:
         console.print(f"[red]message skipped:[/] {why}")
     for _, why in summary.frames_failed:
         console.print(f"[red]skipped[/] {why}")
-    if summary.frames_failed and summary.frames_done + summary.frames_skipped == 0:
+    code = exit_code(summary)
+    if code == 2:
         console.print("[bold red]error:[/] no frame could be labelled")
+    return code
+
+
+def exit_code(summary) -> int:
+    """2 when frames failed and none is labelled, 1 when some frames or messages were skipped, else 0."""
+    if summary.frames_failed and summary.frames_done + summary.frames_skipped == 0:
         return 2
     return 1 if summary.frames_failed or summary.skipped_messages else 0
 
