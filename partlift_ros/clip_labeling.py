@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .clip_loading import HOW_TO_GET_WEIGHTS, ClipProcessor, ModelLoadError, clip_source, load_clip_model, resolve_device
-from .clip_preprocess import CropPreprocessor, torch_threads  # noqa: F401 - torch_threads: used by the jobs
+from .clip_preprocess import CropPreprocessor
 from .config import ClipConfig
 from .types import InputError
 

@@ -91,7 +91,7 @@ def label_chunk_task(job, chunk: list[int], actor, progress, source_no: int):
 
 def _import_stages() -> None:
     """Run in a fresh worker: the imports a chunk task needs, done before the clock of the labelling starts."""
-    from . import clip_labeling, clustering, image_regions, label_chunks, pipeline, visibility  # noqa: F401
+    from . import clip_labeling, image_regions, superpoints, label_chunks, pipeline, visibility  # noqa: F401
     from .io import kitti, rosbag_reader  # noqa: F401
 
 

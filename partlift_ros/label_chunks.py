@@ -212,7 +212,7 @@ class LocalClip:
 
 def timed_clip_scores(pipeline, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
     """``pipeline.clip_scores(crops)`` with ``job.threads`` threads, and the milliseconds it took."""
-    from .clip_labeling import torch_threads
+    from .clip_preprocess import torch_threads
 
     t0 = time.perf_counter()
     with torch_threads(pipeline.cfg.job.threads), job_threads(pipeline.cfg.job.threads):

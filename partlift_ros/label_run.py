@@ -148,7 +148,7 @@ def start_label_run(pipeline, job: LabelJob) -> None:
     """Load CLIP, check its files against the run's (resume) and write the run's metadata (see module doc)."""
     from .io.writers import LabelRunWriter
 
-    from .clip_labeling import torch_threads
+    from .clip_preprocess import torch_threads
     from .label_chunks import job_threads
 
     cfg = pipeline.cfg
