@@ -13,9 +13,8 @@ from partlift_ros.student.data import (
     AugmentConfig, PseudoLabelDataset, add_features, augment, collate, grid_sample, make_sample,
     random_downsample,
 )
+from partlift_ros.testing.student_runs import write_gt_pseudo_label_run, write_thinned_sequence
 from partlift_ros.types import IGNORE, InputError
-
-from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -199,8 +198,8 @@ class Crash(RuntimeError):
 
 def test_resume_after_a_crash_takes_the_same_steps_as_an_uninterrupted_run(gt_run, tmp_path):
     """Two rounds (backward distillation between them), interrupted at the end of round 1."""
-    from partlift_ros.student.infer import read_checkpoint
-    from partlift_ros.student.train import train
+    from partlift_ros.student.checkpoint import read_checkpoint
+    from partlift_ros.student.train import CHECKPOINT_DIR, LAST, train
 
     cfg = tiny_config(rounds=2, epochs=2, use_2d=False)
     full = train([gt_run], tmp_path / "full", cfg)
@@ -218,7 +217,7 @@ def test_resume_after_a_crash_takes_the_same_steps_as_an_uninterrupted_run(gt_ru
     assert len(resumed["unit_agreement_per_round"]) == 1
     assert resumed["unit_agreement_per_round"] == full["unit_agreement_per_round"]
 
-    a, b = read_checkpoint(full["checkpoint"]), read_checkpoint(resumed["checkpoint"])
+    a, b = (read_checkpoint(tmp_path / run / CHECKPOINT_DIR / LAST) for run in ("full", "resumed"))
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -255,7 +254,7 @@ def test_unit_agreement_is_the_share_of_agreeing_pseudo_labelled_points():
 # ----------------------------------------------------------------------------------------- 2D branch
 def test_2d_branch_fuses_and_distils_on_visible_points_only():
     from partlift_ros.student.fusion2d import Fusion2D, text_classifier
-    from partlift_ros.student.infer import build_model
+    from partlift_ros.student.checkpoint import build_model
     from partlift_ros.student.losses import kl_on_visible
 
     torch.manual_seed(0)
