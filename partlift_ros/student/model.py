@@ -207,6 +207,8 @@ class SPVCNN(nn.Module):
         blocks: residual blocks per stage.
         trilinear: voxel -> point interpolation (False: nearest voxel, cheaper).
         backend: sparse conv backend, "auto" | "torch" | "spconv" (see sparse.py).
+        recompute: in training, keep only each U-Net stage's inputs and recompute its activations in the
+            backward pass (about 3x less activation memory for about a third more compute); same gradients.
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class SPVCNN(nn.Module):
         blocks: int = 1,
         trilinear: bool = True,
         backend: str = "auto",
+        recompute: bool = False,
     ):
         super().__init__()
         if len(channel_multipliers) < 3 or len(channel_multipliers) % 2 == 0:
@@ -226,6 +229,7 @@ class SPVCNN(nn.Module):
         ch = [max(1, int(round(width * m))) for m in channel_multipliers]
         n = (len(ch) - 1) // 2
         self.voxel_size, self.trilinear, self.num_stages = float(voxel_size), trilinear, n
+        self.recompute = recompute
         self.stem = nn.Sequential(ConvBNReLU(in_channels, ch[0], backend=backend),
                                   ConvBNReLU(ch[0], ch[0], backend=backend))
         self.encoder = nn.ModuleList()
@@ -285,20 +289,25 @@ class SPVCNN(nn.Module):
         keys, rows = torch.unique(pack_keys(levels.coords_at(1)), return_inverse=True)
         x = SparseVoxels(voxelize(feat, rows, keys.shape[0]), unpack_keys(keys), stride=1)
         levels.remember_rows(1, rows)
-        x = self.stem(x)
-        z = devoxelize(x, levels, self.trilinear)
 
+        def stem(x):
+            x = self.stem(x)
+            return x, devoxelize(x, levels, self.trilinear)
+
+        x, z = self._stage(self.stem, stem, x)
         skips = [x]
         for stage in self.encoder:
-            x = stage(x)
+            x = self._stage(stage, stage, x)
             skips.append(x)
-        z = self._fuse(x, z, levels, 0)
+        z = self._stage(self.point_mlps[0], lambda x, z: self._fuse(x, z, levels, 0), x, z)
         x = x.replace(voxelize(z, levels.voxel_rows(x), x.coords.shape[0]))
         for j, (up, block) in enumerate(zip(self.up, self.decoder)):
-            x = up(x)
-            skip = skips[-2 - j]
-            x = block(x.replace(torch.cat([x.feats, skip.feats], dim=1)))
-            z = self._fuse(x, z, levels, j + 1)
+            def decode(x, z, skip=skips[-2 - j], up=up, block=block, j=j):
+                x = up(x)
+                x = block(x.replace(torch.cat([x.feats, skip.feats], dim=1)))
+                return x, self._fuse(x, z, levels, j + 1)
+
+            x, z = self._stage(nn.ModuleList([up, block, self.point_mlps[j + 1]]), decode, x, z)
             if j + 1 < self.num_stages:
                 x = x.replace(voxelize(z, levels.voxel_rows(x), x.coords.shape[0]))
 
@@ -316,25 +325,55 @@ class SPVCNN(nn.Module):
         scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         return scale * embeddings @ self.class_embeddings.t().to(embeddings.dtype), embeddings
 
+    def _stage(self, modules: nn.Module, fn, *args):
+        """``fn(*args)``; with ``recompute`` in training, its activations are recomputed in the backward pass."""
+        if not (self.recompute and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(_StatsFrozenOnRepeat(modules, fn), *args, use_reentrant=False)
+
     def class_logits(self, point_features: Tensor) -> Tensor:
         """The logits of ``classify`` without forming the (N, D) embeddings.
 
         With head h = W z + b and class embeddings E: h·Eᵀ = z (E W)ᵀ + E b and ‖h‖² = zᵀ(WᵀW)z + 2 (Wᵀb)·z + b·b,
         so every product is F x C or F x F (F = 96, C = 19 at the default width) instead of F x D (D = 512).
         """
-        z = point_features
-        w, b = self.head.weight.to(z.dtype), self.head.bias.to(z.dtype)
-        classes = self.class_embeddings.to(z.dtype)
-        cosine_num = torch.addmm(classes @ b, z, (classes @ w).t())
-        gram = w.t() @ w
-        squared = torch.addmv(b @ b, z, 2.0 * (w.t() @ b)) + ((z @ gram) * z).sum(dim=1)
-        norm = squared.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's floor
-        scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
-        return scale * cosine_num / norm[:, None]
+        with torch.autocast(point_features.device.type, enabled=False):  # small products: float32 throughout
+            z = point_features.float()
+            w, b, classes = self.head.weight.float(), self.head.bias.float(), self.class_embeddings.float()
+            cosine_num = torch.addmm(classes @ b, z, (classes @ w).t())
+            squared = torch.addmv(b @ b, z, 2.0 * (w.t() @ b)) + ((z @ (w.t() @ w)) * z).sum(dim=1)
+            norm = squared.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's floor
+            scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+            return scale * cosine_num / norm[:, None]
 
     def _fuse(self, x: SparseVoxels, z: Tensor, levels: PointLevels, i: int) -> Tensor:
         """New point features = interpolated voxel features + MLP of the previous point features."""
         return devoxelize(x, levels, self.trilinear) + _run_point_mlp(self.point_mlps[i], z)
+
+
+class _StatsFrozenOnRepeat:
+    """``fn`` whose second and later calls (the recomputation in backward) leave BatchNorm running statistics
+    as the first call left them: recomputing must not count the batch twice."""
+
+    def __init__(self, modules: nn.Module, fn):
+        self.bns = [m for m in modules.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == 1:
+            return self.fn(*args)
+        saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in self.bns]
+        for bn in self.bns:
+            bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        try:
+            return self.fn(*args)
+        finally:
+            for bn, (momentum, tracked) in zip(self.bns, saved):
+                bn.momentum = momentum
+                bn.num_batches_tracked.copy_(tracked)
 
 
 def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
