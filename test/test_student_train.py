@@ -425,3 +425,21 @@ def test_int8_student_pt_labels_a_real_scan_like_the_float32_weights(seq08):
     lean, _ = predict(stored, points)
     assert np.bincount(full).max() < 0.9 * len(full)  # not one class everywhere: the agreement means something
     assert (full == lean).mean() >= 0.995
+
+
+def test_a_float32_checkpoint_with_an_optimiser_still_loads_for_inference(tmp_path):
+    """last.pt, and student.pt files written before the lean format, hold float32 weights and training state."""
+    from partlift_ros.student.checkpoint import build_model, save_checkpoint, student_state
+    from partlift_ros.student.infer import load_student
+    from partlift_ros.student.train import TrainConfig
+
+    args = {"in_channels": 4, "width": 4, "voxel_size": 0.5, "backend": "torch"}
+    emb = np.eye(3, 8, dtype=np.float32)
+    model = build_model(args, emb)
+    old = {**student_state(model, args, ["a", "b", "c"], emb, TrainConfig(), quantise=False),
+           "optimizer": torch.optim.AdamW(model.parameters()).state_dict()}
+    save_checkpoint(tmp_path / "old.pt", old)
+    loaded, names = load_student(tmp_path / "old.pt")
+    assert names == ["a", "b", "c"] and not loaded.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -27,7 +27,7 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
     recompute: bool = typer.Option(True, "--recompute/--no-recompute",
-                                   help="Recompute activations in backward: ~3x less memory, ~1/3 more compute."),
+                                   help="Recompute activations in backward: less memory, one more forward pass per step."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="SemanticKITTI sequence folder with labels/: mIoU per epoch."),
     eval_frames: int = typer.Option(0, "--eval-frames", help="With --gt: evaluate on the first N frames (0 = all)."),
 ) -> None:

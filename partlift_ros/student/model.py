@@ -208,7 +208,8 @@ class SPVCNN(nn.Module):
         trilinear: voxel -> point interpolation (False: nearest voxel, cheaper).
         backend: sparse conv backend, "auto" | "torch" | "spconv" (see sparse.py).
         recompute: in training, keep only each U-Net stage's inputs and recompute its activations in the
-            backward pass (about 3x less activation memory for about a third more compute); same gradients.
+            backward pass (one more forward pass per step; a 142k-point batch of two real scans peaked at
+            2.4 GB instead of 4.5 GB); same gradients and BatchNorm statistics.
     """
 
     def __init__(

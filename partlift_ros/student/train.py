@@ -69,7 +69,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision (CUDA only)
     backend: str = "auto"  # sparse conv backend: auto | torch | spconv
     grad_clip: float = 10.0  # max gradient norm; 0 = off
-    recompute: bool = True  # recompute U-Net stage activations in backward: ~3x less memory, same gradients
+    recompute: bool = True  # recompute U-Net stage activations in backward: less memory, same gradients
     eval_every: int = 1  # epochs between ground-truth evaluations (when a GT sequence is given)
     eval_max_frames: int = 0  # 0 = every frame of the GT sequence
 
