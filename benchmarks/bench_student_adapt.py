@@ -26,12 +26,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))  # the GT-as-pseudo-label run writers shared with the tests
-
-from student_fixtures import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence  # noqa: E402
 
 from partlift_ros.student.adapt import adapt_head  # noqa: E402
 from partlift_ros.student.train import TrainConfig, train  # noqa: E402
+from partlift_ros.testing.student_runs import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence  # noqa: E402
 
 SEQUENCES = REPO.parent / "shared" / "data" / "semantickitti-mini" / "sequences"
 MERGED = {

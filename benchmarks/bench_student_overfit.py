@@ -24,13 +24,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))  # the GT-as-pseudo-label run writer shared with the tests
-
-from student_fixtures import write_gt_pseudo_label_run  # noqa: E402
 
 from partlift_ros.student.data import PseudoLabelDataset  # noqa: E402
 from partlift_ros.student.infer import load_student, predict  # noqa: E402
 from partlift_ros.student.train import TrainConfig, train  # noqa: E402
+from partlift_ros.testing.student_runs import write_gt_pseudo_label_run  # noqa: E402
 
 SEQ08 = REPO.parent / "shared" / "data" / "semantickitti-mini" / "sequences" / "08"
 

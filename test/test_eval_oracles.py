@@ -219,7 +219,7 @@ def test_eval_student_scores_exactly_what_a_run_of_its_predictions_scores(seq08,
     """`eval --student` writes the student's predictions as a run and scores it. A run holding the same
     predictions, written by hand, must score the same, and both must match the name-based reference;
     the student's own training-time evaluation (all points) must agree with `miou_all`."""
-    from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
+    from partlift_ros.testing.student_runs import write_gt_pseudo_label_run, write_thinned_sequence
 
     from partlift_ros.student.infer import evaluate_on_sequence, load_student, predict
     from partlift_ros.student.train import TrainConfig, train

@@ -10,9 +10,8 @@ import torch
 from partlift_ros.config import SEMANTIC_KITTI_CLASSES
 from partlift_ros.io.writers import read_run_labels
 from partlift_ros.student.adapt import adapt_head, choose_support, coverage_order
+from partlift_ros.testing.student_runs import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence
 from partlift_ros.types import InputError
-
-from student_fixtures import write_gt_pseudo_label_run, write_merged_run, write_thinned_sequence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,8 +36,8 @@ def runs(tmp_path_factory, seq08):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """A randomly initialised student on the 19 SemanticKITTI classes, saved as `partlift train` saves it."""
-    from partlift_ros.student.infer import build_model
-    from partlift_ros.student.train import TrainConfig, save_checkpoint, student_state
+    from partlift_ros.student.checkpoint import build_model, save_checkpoint, student_state
+    from partlift_ros.student.train import TrainConfig
 
     torch.manual_seed(0)
     emb = np.random.default_rng(0).normal(size=(len(SEMANTIC_KITTI_CLASSES), 16)).astype(np.float32)
@@ -81,7 +80,8 @@ def test_choose_support_counts_only_the_requested_classes(runs):
 
 # ----------------------------------------------------------------------------------------- adaptation
 def test_head_adaptation_trains_only_the_head_and_swaps_the_class_list(runs, student, tmp_path):
-    from partlift_ros.student.infer import load_student, predict, read_checkpoint
+    from partlift_ros.student.checkpoint import model_weights, read_checkpoint
+    from partlift_ros.student.infer import load_student, predict
 
     out = tmp_path / "adapted.pt"
     summary = adapt_head(student, [runs["merged"]], k_frames=2, inner_steps=40, out=out)
@@ -93,15 +93,15 @@ def test_head_adaptation_trains_only_the_head_and_swaps_the_class_list(runs, stu
     assert summary["balanced_after"] > summary["balanced_before"]
     assert summary["adapt_seconds"] > 0 and summary["checkpoint"] == str(out)
 
-    before, after = read_checkpoint(student), read_checkpoint(out)
-    changed = {k for k in before["model"] if k != "class_embeddings"
-               and not torch.equal(before["model"][k], after["model"][k])}
+    before, after = model_weights(read_checkpoint(student)), model_weights(read_checkpoint(out))
+    changed = {k for k in before if k != "class_embeddings" and not torch.equal(before[k], after[k])}
     assert changed and changed <= {"head.weight", "head.bias", "logit_scale"}, changed
     assert "head.weight" in changed
     emb = np.load(runs["merged"] / "text_embeddings.npy")
-    np.testing.assert_allclose(after["text_embeddings"], emb)
-    np.testing.assert_allclose(after["model"]["class_embeddings"].numpy(), emb, atol=1e-6)
-    assert after["adaptation"]["from_checkpoint"] == str(student)
+    saved = read_checkpoint(out)
+    np.testing.assert_allclose(saved["text_embeddings"], emb)
+    np.testing.assert_allclose(after["class_embeddings"].numpy(), emb, atol=1e-6)
+    assert saved["adaptation"]["from_checkpoint"] == str(student)
 
     model, names = load_student(out)
     assert names == list(MERGED) and model.num_classes == 5
@@ -123,16 +123,16 @@ def test_subset_in_any_order_ignores_the_classes_left_out(runs, student):
 
 
 def test_full_fine_tuning_moves_the_backbone_too(runs, student, tmp_path):
-    from partlift_ros.student.infer import read_checkpoint
+    from partlift_ros.student.checkpoint import model_weights, read_checkpoint
 
     out = tmp_path / "full.pt"
     summary = adapt_head(student, [runs["merged"]], k_frames=1, inner_steps=4, mode="full", out=out, max_points=1500)
     assert summary["trainable_parameters"] > 10 * adapt_head(
         student, [runs["merged"]], k_frames=1, inner_steps=1)["trainable_parameters"]
-    before, after = read_checkpoint(student), read_checkpoint(out)
-    assert not torch.equal(before["model"]["stem.0.conv.weight"], after["model"]["stem.0.conv.weight"])
+    before, after = model_weights(read_checkpoint(student)), model_weights(read_checkpoint(out))
+    assert not torch.equal(before["stem.0.conv.weight"], after["stem.0.conv.weight"])
     # BatchNorm keeps the statistics it was trained with (a few steps on one frame cannot re-estimate them).
-    assert torch.equal(before["model"]["stem.0.bn.running_mean"], after["model"]["stem.0.bn.running_mean"])
+    assert torch.equal(before["stem.0.bn.running_mean"], after["stem.0.bn.running_mean"])
     assert summary["loss_last"] < summary["loss_first"]
     assert summary["agreement_after"] > summary["agreement_before"] + 0.1, summary
 

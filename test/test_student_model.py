@@ -487,3 +487,72 @@ def test_spconv_cpu_submanifold_is_exact_with_several_threads():
         for _ in range(3):
             torch.testing.assert_close(theirs(SparseVoxels(feats, coords)).feats, expected, rtol=1e-5, atol=1e-5)
     assert torch.get_num_threads() == 2  # and the backend put the caller's thread count back
+
+
+def test_inference_path_folds_batchnorm_and_scores_without_embeddings_to_the_same_logits():
+    """Eval mode with autograd runs the training layers; inference mode the folded ones: same logits."""
+    batch = synthetic_batch(n=700, seed=5)
+    model = SPVCNN(4, torch.randn(4, 8), width=4, backend="torch").eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.3)
+                m.bias.normal_(0, 0.3)
+    reference = model(batch)["logits"].detach()  # grad enabled: nothing folded
+    with torch.inference_mode():
+        fast = model(batch, embeddings=False)
+        slow_head = model.classify(fast["point_features"])[0]
+    assert "embeddings" not in fast
+    torch.testing.assert_close(fast["logits"], reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast["logits"], slow_head, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_conv_saves_only_its_input_and_weight_for_backward():
+    """Training memory: the conv's autograd node keeps the input features, not a gathered copy per tap."""
+    coords = random_sites(300, grid=8)
+    feats = torch.randn(len(coords), 6, requires_grad=True)
+    conv = SparseConv3d(6, 5, 3, backend="torch")
+    x = SparseVoxels(feats, coords)
+    x.context.kernel_map(1, 3, 1)  # built outside the hooks: the map is shared by every layer at this stride
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = conv(x)
+    pairs = sum(len(i) for _, i, _ in x.context.kernel_maps[(1, 3, 1)].pairs)
+    assert pairs > 3 * len(coords)  # a gathered copy per tap would save > 3x the input
+    assert sum(saved) == feats.numel() + conv.weight.numel()
+    out.feats.sum().backward()
+    assert feats.grad is not None and conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (2, 2), (3, 2)])
+def test_kernel_map_at_the_edge_of_the_packed_key_range_matches_the_map_inside(kernel_size, stride):
+    """Sites next to the edge of the key layout take the per-query lookup path; the map is the same."""
+    coords = random_sites(200, grid=10)
+    edge = coords.clone()
+    edge[:, 1:] -= 1 << 17  # x, y, z in [-2^17, -2^17 + 10): neighbours fall outside the key range
+    maps = []
+    for sites in (coords, edge):
+        ctx = SparseContext()
+        ctx.register(1, sites)
+        kmap = ctx.kernel_map(1, kernel_size, stride)
+        maps.append({(k, i, o) for k, ins, outs in kmap.pairs for i, o in zip(ins.tolist(), outs.tolist())})
+    assert maps[0] == maps[1] and len(maps[0]) > 0
+
+
+def test_recomputing_activations_gives_the_same_gradients_and_batchnorm_statistics():
+    torch.manual_seed(0)
+    batch = synthetic_batch(n=600, seed=6)
+    twins = []
+    for recompute in (False, True):
+        torch.manual_seed(1)
+        model = SPVCNN(4, torch.randn(3, 8), width=4, backend="torch", recompute=recompute).train()
+        loss = pseudo_label_loss(model(batch, embeddings=False)["logits"], batch["segment"])
+        loss.backward()
+        twins.append(model)
+    plain, recomputed = twins
+    for (name, a), b in zip(plain.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), recomputed.buffers()):
+        assert torch.equal(a, b), name  # running statistics counted the batch once

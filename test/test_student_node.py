@@ -27,8 +27,9 @@ from partlift_ros.io.kitti import read_scan  # noqa: E402
 from partlift_ros.io.pointcloud2 import LABELLED_FIELDS, decode_pointcloud2  # noqa: E402
 from partlift_ros.ros import conversions as conv  # noqa: E402
 from partlift_ros.ros.student_node import StudentNode  # noqa: E402
-from partlift_ros.student.infer import build_model, load_student, predict  # noqa: E402
-from partlift_ros.student.train import TrainConfig, save_checkpoint, student_state  # noqa: E402
+from partlift_ros.student.checkpoint import build_model, save_checkpoint, student_state  # noqa: E402
+from partlift_ros.student.infer import load_student, predict  # noqa: E402
+from partlift_ros.student.train import TrainConfig  # noqa: E402
 from partlift_ros.types import IGNORE  # noqa: E402
 
 DOMAIN_ID = 1 + (os.getpid() + 101) % 200

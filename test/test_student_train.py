@@ -4,6 +4,7 @@ and the 2D branch's KL term."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,8 @@ from partlift_ros.student.data import (
     AugmentConfig, PseudoLabelDataset, add_features, augment, collate, grid_sample, make_sample,
     random_downsample,
 )
+from partlift_ros.testing.student_runs import write_gt_pseudo_label_run, write_thinned_sequence
 from partlift_ros.types import IGNORE, InputError
-
-from student_fixtures import write_gt_pseudo_label_run, write_thinned_sequence
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,6 +145,22 @@ def test_dataset_reads_pseudo_labels_confidence_and_pixels(gt_run, seq08):
     assert np.allclose(w[in0], 0.9 * 0.25) and np.allclose(w[~in0], s["weight"][~in0])
 
 
+def test_dataset_reads_a_bag_source_from_its_spill_folder_and_keeps_no_sample_in_memory(gt_run, thin_seq, tmp_path):
+    from partlift_ros.io.kitti2bag import kitti_to_bag
+
+    bag = tmp_path / "seq.mcap"
+    kitti_to_bag(thin_seq, bag)
+    from_kitti = PseudoLabelDataset([gt_run], load_images=True)
+    from_bag = PseudoLabelDataset([gt_run], sources=[bag], load_images=True)
+    for i in (1, 0, 1):  # the bag is read once; later reads come from the spill folder
+        a, b = from_kitti[i], from_bag[i]
+        for key in ("coord", "strength", "segment", "weight", "visible", "pixel", "unit", "image"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    spilled = sorted(p.name for p in Path(from_bag._spill.name).rglob("*.npz"))
+    assert spilled == ["000000.npz", "000001.npz"]
+    assert not from_kitti._raw and not from_bag._raw  # nothing grows with the number of frames
+
+
 def test_dataset_rejects_runs_with_different_class_lists(gt_run, tmp_path):
     import shutil
 
@@ -199,8 +215,8 @@ class Crash(RuntimeError):
 
 def test_resume_after_a_crash_takes_the_same_steps_as_an_uninterrupted_run(gt_run, tmp_path):
     """Two rounds (backward distillation between them), interrupted at the end of round 1."""
-    from partlift_ros.student.infer import read_checkpoint
-    from partlift_ros.student.train import train
+    from partlift_ros.student.checkpoint import read_checkpoint
+    from partlift_ros.student.train import CHECKPOINT_DIR, LAST, train
 
     cfg = tiny_config(rounds=2, epochs=2, use_2d=False)
     full = train([gt_run], tmp_path / "full", cfg)
@@ -218,7 +234,7 @@ def test_resume_after_a_crash_takes_the_same_steps_as_an_uninterrupted_run(gt_ru
     assert len(resumed["unit_agreement_per_round"]) == 1
     assert resumed["unit_agreement_per_round"] == full["unit_agreement_per_round"]
 
-    a, b = read_checkpoint(full["checkpoint"]), read_checkpoint(resumed["checkpoint"])
+    a, b = (read_checkpoint(tmp_path / run / CHECKPOINT_DIR / LAST) for run in ("full", "resumed"))
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -255,7 +271,7 @@ def test_unit_agreement_is_the_share_of_agreeing_pseudo_labelled_points():
 # ----------------------------------------------------------------------------------------- 2D branch
 def test_2d_branch_fuses_and_distils_on_visible_points_only():
     from partlift_ros.student.fusion2d import Fusion2D, text_classifier
-    from partlift_ros.student.infer import build_model
+    from partlift_ros.student.checkpoint import build_model
     from partlift_ros.student.losses import kl_on_visible
 
     torch.manual_seed(0)
@@ -322,6 +338,10 @@ def test_cli_commands_train_then_evaluate_a_student(gt_run, thin_seq, tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s" / "student.pt").is_file() and "epochs run now" in result.output
+    from partlift_ros.student.checkpoint import read_checkpoint
+
+    lean, last = read_checkpoint(tmp_path / "s" / "student.pt"), read_checkpoint(tmp_path / "s" / "checkpoints" / "last.pt")
+    assert "optimizer" not in lean and "fusion" not in lean and "optimizer" in last  # only last.pt resumes
     again = CliRunner().invoke(app, ["train", str(gt_run), "--out", str(tmp_path / "s"), "--epochs", "1"])
     assert again.exit_code == 2 and "already holds" in again.output
 
@@ -353,3 +373,73 @@ def test_sphere_crop_keeps_the_nearest_points_to_a_scan_point():
     d = np.linalg.norm(sample["coord"][:, None] - sample["coord"][None], axis=2)
     assert any(d[c, kept].max() <= d[c, ~kept].min() for c in np.flatnonzero(kept))
     assert sphere_crop(sample, 5000, np.random.default_rng(4)) is sample
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def test_student_pt_at_the_default_width_is_under_20_mb_and_holds_only_what_inference_needs():
+    import io
+
+    from partlift_ros.student.checkpoint import (
+        QUANTISED_KEY, REQUIRED_KEYS, build_model, model_weights, student_state,
+    )
+    from partlift_ros.student.train import TrainConfig
+
+    cfg = TrainConfig()
+    args = {"in_channels": 4, "width": cfg.width, "voxel_size": cfg.voxel_size, "backend": "torch"}
+    model = build_model(args, np.eye(19, 512, dtype=np.float32))
+    state = student_state(model, args, [f"c{i}" for i in range(19)], np.eye(19, 512, dtype=np.float32), cfg)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    assert sum(p.numel() for p in model.parameters()) > 11_000_000  # 47 MB in float32
+    assert buf.tell() <= 20 * 2**20, buf.tell()
+    assert set(state) == {*REQUIRED_KEYS, QUANTISED_KEY}
+    # Every weight comes back: int8 ones within half a quantisation step, the rest exactly.
+    restored = model_weights(state)
+    for name, value in model.state_dict().items():
+        if name in state[QUANTISED_KEY]:
+            step = state[QUANTISED_KEY][name]["scale"][:, None, :]
+            assert bool(((restored[name] - value).abs() <= step / 2 + 1e-7).all()), name
+        else:
+            assert torch.equal(restored[name], value), name
+
+
+def test_int8_student_pt_labels_a_real_scan_like_the_float32_weights(seq08):
+    from partlift_ros.io.kitti import read_scan
+    from partlift_ros.student.checkpoint import build_model, model_from_checkpoint, student_state
+    from partlift_ros.student.infer import predict
+    from partlift_ros.student.train import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(width=8)
+    args = {"in_channels": 4, "width": 8, "voxel_size": cfg.voxel_size, "backend": "torch"}
+    emb = torch.nn.functional.normalize(torch.randn(19, 16), dim=1).numpy()
+    model = build_model(args, emb)
+    with torch.no_grad():  # non-trivial BatchNorm statistics so predictions vary over the scan
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_(0, 0.2)
+    model.eval()
+    stored = model_from_checkpoint(student_state(model, args, [str(i) for i in range(19)], emb, cfg)).eval()
+    points = read_scan(seq08 / "velodyne" / "000000.bin")[::3]
+    full, _ = predict(model, points)
+    lean, _ = predict(stored, points)
+    assert np.bincount(full).max() < 0.9 * len(full)  # not one class everywhere: the agreement means something
+    assert (full == lean).mean() >= 0.995
+
+
+def test_a_float32_checkpoint_with_an_optimiser_still_loads_for_inference(tmp_path):
+    """last.pt, and student.pt files written before the lean format, hold float32 weights and training state."""
+    from partlift_ros.student.checkpoint import build_model, save_checkpoint, student_state
+    from partlift_ros.student.infer import load_student
+    from partlift_ros.student.train import TrainConfig
+
+    args = {"in_channels": 4, "width": 4, "voxel_size": 0.5, "backend": "torch"}
+    emb = np.eye(3, 8, dtype=np.float32)
+    model = build_model(args, emb)
+    old = {**student_state(model, args, ["a", "b", "c"], emb, TrainConfig(), quantise=False),
+           "optimizer": torch.optim.AdamW(model.parameters()).state_dict()}
+    save_checkpoint(tmp_path / "old.pt", old)
+    loaded, names = load_student(tmp_path / "old.pt")
+    assert names == ["a", "b", "c"] and not loaded.training
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -26,6 +26,8 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    recompute: bool = typer.Option(True, "--recompute/--no-recompute",
+                                   help="Recompute activations in backward: less memory, one more forward pass per step."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="SemanticKITTI sequence folder with labels/: mIoU per epoch."),
     eval_frames: int = typer.Option(0, "--eval-frames", help="With --gt: evaluate on the first N frames (0 = all)."),
 ) -> None:
@@ -39,7 +41,7 @@ def train(
     cfg = TrainConfig(
         epochs=epochs, rounds=rounds, batch_size=batch_size, lr=lr, voxel_size=voxel_size, width=width,
         max_points=max_points,
-        use_2d=use_2d, confidence_weighting=confidence, seed=seed, device=device, amp=amp,
+        use_2d=use_2d, confidence_weighting=confidence, seed=seed, device=device, amp=amp, recompute=recompute,
         eval_max_frames=eval_frames,
     )
     with reported_errors(), Progress(

@@ -209,9 +209,9 @@ def adapt_head(
     and class-balanced), held-out agreement, time of the adaptation proper (``adapt_seconds``: feature
     extraction + steps for head mode, the steps for full mode) and of the whole call.
     """
-    from .infer import build_model, read_checkpoint
+    from .checkpoint import QUANTISED_KEY, model_from_checkpoint, read_checkpoint, save_checkpoint, student_state
     from .losses import class_weights_from_counts, pseudo_label_loss
-    from .train import TrainConfig, save_checkpoint, student_state
+    from .train import TrainConfig
 
     t_call = time.perf_counter()
     if mode not in MODES:
@@ -232,8 +232,7 @@ def adapt_head(
     selected = resolve_classes(classes, dataset.class_names)
     names = [dataset.class_names[i] for i in selected]
     embeddings = dataset.text_embeddings[selected]
-    model = build_model(state["model_args"], state["text_embeddings"])
-    model.load_state_dict(state["model"])
+    model = model_from_checkpoint(state)
     if embeddings.shape[1] != model.embed_dim:
         raise InputError(
             f"the support runs' text embeddings have {embeddings.shape[1]} dimensions, the student in {ckpt} was "
@@ -333,6 +332,9 @@ def adapt_head(
         cfg = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
         model.to("cpu").eval()
         adapted = student_state(model, state["model_args"], names, embeddings, cfg)
+        if mode == "head" and QUANTISED_KEY in state:
+            # The frozen backbone keeps its stored bytes (re-quantising dequantised weights may move a scale by an ulp).
+            adapted[QUANTISED_KEY] = state[QUANTISED_KEY]
         adapted["adaptation"] = {**summary, "from_checkpoint": str(ckpt), "seed": seed}
         save_checkpoint(Path(out), adapted)
         summary["checkpoint"] = str(out)

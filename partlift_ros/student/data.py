@@ -273,15 +273,18 @@ class PseudoLabelDataset:
     Each run folder must hold ``labels/NNNNNN.label``, ``frames/NNNNNN.npz`` (``confidence``, ``visible``),
     ``classes.yaml``, ``text_embeddings.npy`` and ``source.yaml`` (where the points come from); all runs
     must share one class list. ``sources`` (one path per run, optional) overrides the source folder recorded
-    in ``source.yaml``, e.g. when the data moved. Raw samples are cached in memory after the first read
-    (``cache=False`` re-reads each time; rosbag sources are always cached since they are read in one pass).
+    in ``source.yaml``, e.g. when the data moved. Memory does not grow with the number of frames: a sample
+    is read from disk when it is asked for (``cache=True`` keeps every raw sample in memory, for a few
+    frames read many times). A rosbag source can only be read as a stream, so the first access to a bag
+    run reads it once and spills each wanted frame's points, pixels (and image) to a temporary folder
+    that lives as long as the dataset; later reads load one frame from there.
 
     ``unit_scores[i]`` (per sample, indexed by superpoint id) scale the point weights: backward distillation
     sets them; they start at 1.
     """
 
     def __init__(self, run_dirs: Sequence[str | Path], sources: Sequence[str | Path] | None = None,
-                 load_images: bool = False, cache: bool = True) -> None:
+                 load_images: bool = False, cache: bool = False) -> None:
         from ..label_job import SourceSpec
 
         if not run_dirs:
@@ -297,6 +300,7 @@ class PseudoLabelDataset:
         self._specs: list[SourceSpec] = []
         self._readers: dict[int, Callable] = {}
         self._raw: dict[int, Sample] = {}
+        self._spill = None  # tempfile.TemporaryDirectory for bag frames, made on first use
         for r, run in enumerate(self.run_dirs):
             names, embeddings = _read_run_vocabulary(run)
             if not self.class_names:
@@ -325,8 +329,7 @@ class PseudoLabelDataset:
         sample = self._raw.get(i)
         if sample is None:
             sample = self._read(i)
-            # A bag is read in one pass (its frames cannot be fetched again): always keep them.
-            if self.cache or self._specs[self.items[i][0]].kind != "kitti":
+            if self.cache:
                 self._raw[i] = sample
         scores = self.unit_scores[i]
         if scores is None:
@@ -349,46 +352,74 @@ class PseudoLabelDataset:
     def set_unit_scores(self, i: int, scores: np.ndarray | None) -> None:
         self.unit_scores[i] = None if scores is None else np.asarray(scores, np.float32)
 
-    def _reader(self, r: int) -> Callable:
-        """frame number -> Frame for run ``r``'s source."""
+    def _reader(self, r: int) -> Callable[[int], dict]:
+        """frame number -> the scan arrays of run ``r``'s source (``_scan_arrays``)."""
         if r not in self._readers:
-            from ..label_job import iter_source, open_source
+            from ..label_job import open_source
 
             spec = self._specs[r]
             if spec.kind == "kitti":
-                self._readers[r] = open_source(spec)[1]
+                read_frame = open_source(spec)[1]
+                self._readers[r] = lambda index: self._scan_arrays(read_frame(index))
             else:
-                # Bags are streams: read this run's frames in one pass (frames that fail to read are left out).
-                wanted = {index for rr, index in self.items if rr == r}
-                frames = {i: f for i, f in iter_source(spec, None, lambda i: i not in wanted) if not isinstance(f, Exception)}
-                self._readers[r] = frames.__getitem__
+                self._readers[r] = self._spill_bag(r)
         return self._readers[r]
 
-    def _read(self, i: int) -> Sample:
+    def _spill_bag(self, r: int) -> Callable[[int], dict]:
+        """Read run ``r``'s bag once, write each wanted frame's arrays to the spill folder; a reader of them."""
+        import tempfile
+
+        from ..label_job import iter_source
+
+        if self._spill is None:
+            self._spill = tempfile.TemporaryDirectory(prefix="partlift-student-")
+        folder = Path(self._spill.name) / f"run{r}"
+        folder.mkdir()
+        wanted = {index for rr, index in self.items if rr == r}
+        for index, frame in iter_source(self._specs[r], None, lambda i: i not in wanted):
+            if not isinstance(frame, Exception):  # frames that fail to read are left out
+                np.savez(folder / f"{index:06d}.npz", **self._scan_arrays(frame))
+
+        def read(index: int) -> dict:
+            path = folder / f"{index:06d}.npz"
+            if not path.is_file():
+                raise KeyError(index)
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+
+        return read
+
+    def _scan_arrays(self, frame) -> dict:
+        """What a sample needs from a frame: points (N, 4), pixel (N, 2) in the first camera, image if used."""
         from ..calibration import project_points
 
+        points = np.asarray(frame.points, np.float32)
+        pixel = np.full((points.shape[0], 2), -1, np.int32)
+        out = {"points": points, "pixel": pixel}
+        if frame.cameras:
+            cam = frame.camera
+            proj = project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D)
+            pixel[proj.in_image] = proj.pixels[proj.in_image]
+            if self.load_images:
+                out["image"] = cam.image
+        return out
+
+    def _read(self, i: int) -> Sample:
         r, index = self.items[i]
         run = self.run_dirs[r]
         try:
-            frame = self._reader(r)(index)
+            scan = self._reader(r)(index)
         except KeyError as exc:
             raise InputError(f"{run}: frame {index} is not in the source {self._specs[r].path}") from exc
-        points = np.asarray(frame.points, np.float32)
+        points, pixel = scan["points"], scan["pixel"]
         n = points.shape[0]
         segment, unit = read_run_labels(run, index)
         confidence, visible = _read_frame_arrays(run, index, n)
         if segment.shape[0] != n:
             raise InputError(f"{run}: frame {index} has {segment.shape[0]} labels for a scan of {n} points")
-        pixel = np.full((n, 2), -1, np.int32)
-        image = None
-        if frame.cameras:
-            cam = frame.camera
-            proj = project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D)
-            pixel[proj.in_image] = proj.pixels[proj.in_image]
-            image = cam.image if self.load_images else None
         visible = visible & (pixel[:, 0] >= 0)
         return make_sample(points, segment=segment, weight=np.where(segment >= 0, confidence, 0.0),
-                           visible=visible, pixel=pixel, unit=unit, image=image, name=self.name(i))
+                           visible=visible, pixel=pixel, unit=unit, image=scan.get("image"), name=self.name(i))
 
 
 def _read_run_vocabulary(run: Path) -> tuple[list[str], np.ndarray]:

@@ -114,4 +114,4 @@ class Fusion2D(nn.Module):
 def text_classifier(model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The student's own head as a function of point features (projection, normalisation, temperature),
     so the fused features are scored against the same class text embeddings as the 3D ones."""
-    return lambda features: model.classify(features)[0]
+    return model.class_logits

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..types import InputError
+from .checkpoint import model_from_checkpoint, read_checkpoint
 from .data import collate, eval_transform, make_sample, rotate_z, to_device
 
-
-def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The checkpoint dict written by ``train`` (raises InputError for a missing or foreign file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"student checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(io.BytesIO(path.read_bytes()), map_location=device, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise InputError(f"{path}: not a readable student checkpoint ({exc})") from exc
-    missing = [k for k in ("model", "model_args", "class_names", "text_embeddings", "config") if k not in ckpt]
-    if missing:
-        raise InputError(f"{path}: not a student checkpoint (lacks {missing})")
-    return ckpt
-
-
-def build_model(model_args: dict, text_embeddings: np.ndarray | torch.Tensor):
-    """An SPVCNN with the given constructor arguments and class embeddings."""
-    from .model import SPVCNN
-
-    return SPVCNN(class_embeddings=torch.as_tensor(np.asarray(text_embeddings), dtype=torch.float32), **model_args)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def load_student(ckpt: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on ``device``, class names). ``model.voxel_size`` is the training voxel size."""
     state = read_checkpoint(ckpt, "cpu")
-    model = build_model(state["model_args"], state["text_embeddings"])
-    model.load_state_dict(state["model"])
+    model = model_from_checkpoint(state)
     model.to(device).eval()
     return model, list(state["class_names"])
 
@@ -47,25 +26,32 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_probabilities(model, points: np.ndarray, voxel_size: float | None = None, tta_rotations: int = 0,
-                          amp: bool = False) -> np.ndarray:
+                          precision: str = "fp32") -> np.ndarray:
     """(N, C) float32 class probabilities, averaged over ``1 + tta_rotations`` rotations about z.
 
     Every point is fed to the network (``grid_sample(keep="all")``): the point branch of SPVCNN gives each
-    point its own prediction, and points sharing a voxel are averaged into it by the model.
+    point its own prediction, and points sharing a voxel are averaged into it by the model. ``precision``
+    "bf16" / "fp16" runs the products under autocast (sums stay float32); "fp16" needs CUDA. bf16 only
+    pays on CPUs with native bf16 matmul (AVX-512 BF16 / AMX): elsewhere it is slower than fp32.
     """
     voxel_size = float(voxel_size if voxel_size is not None else getattr(model, "voxel_size", 0.0))
     if voxel_size <= 0:
         raise InputError("predict needs a voxel size (give one, or load the model with load_student)")
     if tta_rotations < 0:
         raise InputError(f"tta_rotations must be >= 0, got {tta_rotations}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] < 4 or points.shape[0] == 0:
         raise InputError(f"points must be a non-empty (N, 4) array, got shape {points.shape}")
     if not np.isfinite(points[:, :4]).all():
         raise InputError("points contain NaN/inf values")
     device = _model_device(model)
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("precision 'fp16' needs a CUDA device (CPU half matmul is slow); use 'bf16' or 'fp32'")
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     was_training = model.training
     model.eval()
     transform = eval_transform(voxel_size, keep="all")
@@ -74,8 +60,8 @@ def predict_probabilities(model, points: np.ndarray, voxel_size: float | None = 
     for k in range(tta_rotations + 1):
         sample = rotate_z(base, 2.0 * np.pi * k / (tta_rotations + 1)) if k else base
         batch = to_device(collate([transform(sample)]), device)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = model(batch)["logits"]
+        with torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None):
+            logits = model(batch, embeddings=False)["logits"]
         probs = torch.softmax(logits.float(), dim=1)[batch["inverse"]]
         total = probs if total is None else total + probs
     if was_training:
@@ -84,9 +70,9 @@ def predict_probabilities(model, points: np.ndarray, voxel_size: float | None = 
 
 
 def predict(model, points: np.ndarray, voxel_size: float | None = None, tta_rotations: int = 0,
-            amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per-point (labels int32 0-based, confidence float32 = the winning class's probability)."""
-    probs = predict_probabilities(model, points, voxel_size, tta_rotations, amp)
+    probs = predict_probabilities(model, points, voxel_size, tta_rotations, precision)
     return probs.argmax(axis=1).astype(np.int32), probs.max(axis=1).astype(np.float32)
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from partlift_ros.student.sparse import SparseConv3d, SparseVoxels, pack_keys, unpack_keys
+from partlift_ros.student.sparse import (
+    SparseConv3d, SparseVoxels, key_step, keys_are_linear, pack_keys, unpack_keys,
+)
 from partlift_ros.types import InputError
 
 # Channel multipliers of SPVCNN (cr = width / 32): stem, 4 encoder stages, 4 decoder stages.
@@ -32,6 +34,26 @@ def _bn(x: SparseVoxels, bn: nn.BatchNorm1d, relu: bool = True) -> SparseVoxels:
     return x.replace(F.relu(out) if relu else out)
 
 
+def _foldable(bn: nn.BatchNorm1d) -> bool:
+    """An eval-mode BatchNorm outside autograd is a fixed per-channel affine map: fold it into the layer
+    before it (no pass of its own over the features, and in-place ReLUs)."""
+    return not bn.training and not torch.is_grad_enabled()
+
+
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """(scale, shift) with bn(y) == y * scale + shift in eval mode."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def _linear_bn(linear: nn.Linear, bn: nn.BatchNorm1d, x: Tensor) -> Tensor:
+    """bn(linear(x)) with the BatchNorm folded into the weights (only where ``_foldable``)."""
+    scale, shift = _bn_affine(bn)
+    if linear.bias is not None:
+        shift = shift + linear.bias * scale
+    return F.linear(x, linear.weight * scale[:, None], shift)
+
+
 class ConvBNReLU(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False,
                  backend: str = "auto"):
@@ -40,6 +62,9 @@ class ConvBNReLU(nn.Module):
         self.bn = nn.BatchNorm1d(c_out)
 
     def forward(self, x: SparseVoxels) -> SparseVoxels:
+        if _foldable(self.bn):
+            y = self.conv(x, *_bn_affine(self.bn))
+            return y.replace(y.feats.relu_())
         return _bn(self.conv(x), self.bn)
 
 
@@ -58,6 +83,11 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: SparseVoxels) -> SparseVoxels:
+        if _foldable(self.bn1):
+            y = self.conv1(x, *_bn_affine(self.bn1))
+            y = self.conv2(y.replace(y.feats.relu_()), *_bn_affine(self.bn2))
+            identity = x.feats if isinstance(self.shortcut, nn.Identity) else _linear_bn(*self.shortcut, x.feats)
+            return y.replace(y.feats.add_(identity).relu_())
         y = _bn(self.conv1(x), self.bn1)
         y = _bn(self.conv2(y), self.bn2, relu=False)
         return y.replace(F.relu(y.feats + self.shortcut(x.feats)))
@@ -65,6 +95,11 @@ class ResidualBlock(nn.Module):
 
 def _point_mlp(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(c_in, c_out, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True))
+
+
+def _run_point_mlp(mlp: nn.Sequential, z: Tensor) -> Tensor:
+    linear, bn, _ = mlp
+    return _linear_bn(linear, bn, z).relu_() if _foldable(bn) else mlp(z)
 
 
 class PointLevels:
@@ -86,6 +121,7 @@ class PointLevels:
             raise InputError(f"grid_coord does not match voxel_size={voxel_size} m: points lie outside their voxels")
         self.position = (self.grid_coord + frac.clamp(0.0, 1.0 - 1e-6)).float()
         self._rows: dict[int, Tensor] = {}
+        self._corners: dict[int, tuple[Tensor, Tensor]] = {}  # stride -> trilinear (rows, weights), both (N, 8)
 
     def remember_rows(self, stride: int, rows: Tensor) -> None:
         """Record point -> voxel rows already known (e.g. from voxelisation) to skip a lookup."""
@@ -98,12 +134,44 @@ class PointLevels:
 
     def voxel_rows(self, voxels: SparseVoxels) -> Tensor:
         """Row of the voxel holding each point at the voxels' stride (every point has one)."""
-        if voxels.stride not in self._rows:
-            rows = voxels.context.index(voxels.stride).lookup(self.coords_at(voxels.stride))
+        return self._rows_at(voxels.context, voxels.stride)
+
+    def _rows_at(self, context, stride: int) -> Tensor:
+        if stride not in self._rows:
+            parent = context.parents.get((stride // 2, 2)) if stride % 2 == 0 else None
+            if parent is not None:  # the coarse voxel of the point's finer voxel: a gather, no search
+                self._rows[stride] = parent[self._rows_at(context, stride // 2)]
+                return self._rows[stride]
+            rows = context.index(stride).lookup(self.coords_at(stride))
             if bool((rows < 0).any()):
-                raise InputError(f"{int((rows < 0).sum())} points have no voxel at stride {voxels.stride}")
-            self._rows[voxels.stride] = rows
-        return self._rows[voxels.stride]
+                raise InputError(f"{int((rows < 0).sum())} points have no voxel at stride {stride}")
+            self._rows[stride] = rows
+        return self._rows[stride]
+
+    def corners(self, voxels: SparseVoxels) -> tuple[Tensor, Tensor]:
+        """Trilinear taps at the voxels' stride: rows of the 8 surrounding voxel centres (absent -> 0) and
+        their weights (absent -> 0, renormalised), (N, 8) each; computed once per stride."""
+        s = voxels.stride
+        if s not in self._corners:
+            q = self.position / s - 0.5  # voxel centres sit at integer q
+            base = torch.floor(q)
+            frac = q - base
+            base = base.long()
+            index = voxels.context.index(s)
+            bits = [((c >> 2) & 1, (c >> 1) & 1, c & 1) for c in range(8)]
+            base_coords = self.coords_at(s, base)
+            linear = keys_are_linear(base_coords, 0, 1)
+            base_keys = pack_keys(base_coords) if linear else None
+            rows, weights = [], []
+            for b in bits:  # the 8 corners of the interpolation cell, each a vectorised lookup
+                corner = torch.tensor(b, device=q.device)
+                r = (index.lookup_keys(base_keys + key_step(b)) if linear
+                     else index.lookup(self.coords_at(s, base + corner)))
+                weights.append(torch.where(corner.bool(), frac, 1.0 - frac).prod(dim=1) * (r >= 0))
+                rows.append(r.clamp(min=0))
+            weights = torch.stack(weights, dim=1)
+            self._corners[s] = (torch.stack(rows, dim=1), weights / weights.sum(dim=1, keepdim=True))
+        return self._corners[s]
 
 
 def voxelize(point_feats: Tensor, rows: Tensor, num_voxels: int) -> Tensor:
@@ -120,24 +188,10 @@ def devoxelize(voxels: SparseVoxels, levels: PointLevels, trilinear: bool = True
     voxel always has weight >= 1/8, so the denominator never vanishes.
     """
     if not trilinear:
-        return voxels.feats[levels.voxel_rows(voxels)]
-    s = voxels.stride
-    q = levels.position / s - 0.5  # voxel centres sit at integer q
-    base = torch.floor(q)
-    frac = q - base
-    base = base.long()
-    index = voxels.context.index(s)
-    corners = torch.tensor([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)], device=q.device)
-    rows, weights = [], []
-    for bits in corners:  # the 8 corners of the interpolation cell, each a vectorised lookup
-        r = index.lookup(levels.coords_at(s, base + bits))
-        weights.append(torch.where(bits.bool(), frac, 1.0 - frac).prod(dim=1) * (r >= 0))
-        rows.append(r.clamp(min=0))
-    weights = torch.stack(weights, dim=1)
-    weights = weights / weights.sum(dim=1, keepdim=True)
+        return voxels.feats.index_select(0, levels.voxel_rows(voxels))
+    rows, weights = levels.corners(voxels)
     # One fused weighted gather-sum (no (N, 8, C) intermediate); differentiable w.r.t. the voxel features.
-    return F.embedding_bag(torch.stack(rows, dim=1), voxels.feats, per_sample_weights=weights.to(voxels.feats),
-                           mode="sum")
+    return F.embedding_bag(rows, voxels.feats, per_sample_weights=weights.to(voxels.feats), mode="sum")
 
 
 class SPVCNN(nn.Module):
@@ -153,6 +207,9 @@ class SPVCNN(nn.Module):
         blocks: residual blocks per stage.
         trilinear: voxel -> point interpolation (False: nearest voxel, cheaper).
         backend: sparse conv backend, "auto" | "torch" | "spconv" (see sparse.py).
+        recompute: in training, keep only each U-Net stage's inputs and recompute its activations in the
+            backward pass (one more forward pass per step; a 142k-point batch of two real scans peaked at
+            2.4 GB instead of 4.5 GB); same gradients and BatchNorm statistics.
     """
 
     def __init__(
@@ -165,6 +222,7 @@ class SPVCNN(nn.Module):
         blocks: int = 1,
         trilinear: bool = True,
         backend: str = "auto",
+        recompute: bool = False,
     ):
         super().__init__()
         if len(channel_multipliers) < 3 or len(channel_multipliers) % 2 == 0:
@@ -172,6 +230,7 @@ class SPVCNN(nn.Module):
         ch = [max(1, int(round(width * m))) for m in channel_multipliers]
         n = (len(ch) - 1) // 2
         self.voxel_size, self.trilinear, self.num_stages = float(voxel_size), trilinear, n
+        self.recompute = recompute
         self.stem = nn.Sequential(ConvBNReLU(in_channels, ch[0], backend=backend),
                                   ConvBNReLU(ch[0], ch[0], backend=backend))
         self.encoder = nn.ModuleList()
@@ -219,34 +278,44 @@ class SPVCNN(nn.Module):
     def num_classes(self) -> int:
         return int(self.class_embeddings.shape[0])
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, embeddings: bool = True) -> dict:
         """{"coord" (N,3), "feat" (N,Cin), "grid_coord" (N,3) int, "offset" (B,)} ->
-        {"logits" (N, C), "point_features" (N, F), "embeddings" (N, D) unit vectors}."""
+        {"logits" (N, C), "point_features" (N, F), "embeddings" (N, D) unit vectors}.
+
+        ``embeddings=False`` (inference) leaves out the (N, D) embeddings and scores the classes without them
+        (``class_logits``), which costs a fraction of the head's projection to D dimensions."""
         coord, feat, grid, batch_index = _check_batch(batch)
         levels = PointLevels(coord, grid, batch_index, self.voxel_size)
 
         keys, rows = torch.unique(pack_keys(levels.coords_at(1)), return_inverse=True)
         x = SparseVoxels(voxelize(feat, rows, keys.shape[0]), unpack_keys(keys), stride=1)
         levels.remember_rows(1, rows)
-        x = self.stem(x)
-        z = devoxelize(x, levels, self.trilinear)
 
+        def stem(x):
+            x = self.stem(x)
+            return x, devoxelize(x, levels, self.trilinear)
+
+        x, z = self._stage(self.stem, stem, x)
         skips = [x]
         for stage in self.encoder:
-            x = stage(x)
+            x = self._stage(stage, stage, x)
             skips.append(x)
-        z = self._fuse(x, z, levels, 0)
+        z = self._stage(self.point_mlps[0], lambda x, z: self._fuse(x, z, levels, 0), x, z)
         x = x.replace(voxelize(z, levels.voxel_rows(x), x.coords.shape[0]))
         for j, (up, block) in enumerate(zip(self.up, self.decoder)):
-            x = up(x)
-            skip = skips[-2 - j]
-            x = block(x.replace(torch.cat([x.feats, skip.feats], dim=1)))
-            z = self._fuse(x, z, levels, j + 1)
+            def decode(x, z, skip=skips[-2 - j], up=up, block=block, j=j):
+                x = up(x)
+                x = block(x.replace(torch.cat([x.feats, skip.feats], dim=1)))
+                return x, self._fuse(x, z, levels, j + 1)
+
+            x, z = self._stage(nn.ModuleList([up, block, self.point_mlps[j + 1]]), decode, x, z)
             if j + 1 < self.num_stages:
                 x = x.replace(voxelize(z, levels.voxel_rows(x), x.coords.shape[0]))
 
-        logits, embeddings = self.classify(z)
-        return {"logits": logits, "point_features": z, "embeddings": embeddings}
+        if not embeddings:
+            return {"logits": self.class_logits(z), "point_features": z}
+        logits, unit = self.classify(z)
+        return {"logits": logits, "point_features": z, "embeddings": unit}
 
     def classify(self, point_features: Tensor) -> tuple[Tensor, Tensor]:
         """(N, F) features -> (logits (N, C), unit embeddings (N, D)): cosine to the classes x temperature.
@@ -257,9 +326,55 @@ class SPVCNN(nn.Module):
         scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
         return scale * embeddings @ self.class_embeddings.t().to(embeddings.dtype), embeddings
 
+    def _stage(self, modules: nn.Module, fn, *args):
+        """``fn(*args)``; with ``recompute`` in training, its activations are recomputed in the backward pass."""
+        if not (self.recompute and self.training and torch.is_grad_enabled()):
+            return fn(*args)
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(_StatsFrozenOnRepeat(modules, fn), *args, use_reentrant=False)
+
+    def class_logits(self, point_features: Tensor) -> Tensor:
+        """The logits of ``classify`` without forming the (N, D) embeddings.
+
+        With head h = W z + b and class embeddings E: h·Eᵀ = z (E W)ᵀ + E b and ‖h‖² = zᵀ(WᵀW)z + 2 (Wᵀb)·z + b·b,
+        so every product is F x C or F x F (F = 96, C = 19 at the default width) instead of F x D (D = 512).
+        """
+        with torch.autocast(point_features.device.type, enabled=False):  # small products: float32 throughout
+            z = point_features.float()
+            w, b, classes = self.head.weight.float(), self.head.bias.float(), self.class_embeddings.float()
+            cosine_num = torch.addmm(classes @ b, z, (classes @ w).t())
+            squared = torch.addmv(b @ b, z, 2.0 * (w.t() @ b)) + ((z @ (w.t() @ w)) * z).sum(dim=1)
+            norm = squared.clamp_min(0.0).sqrt().clamp_min(1e-12)  # F.normalize's floor
+            scale = self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+            return scale * cosine_num / norm[:, None]
+
     def _fuse(self, x: SparseVoxels, z: Tensor, levels: PointLevels, i: int) -> Tensor:
         """New point features = interpolated voxel features + MLP of the previous point features."""
-        return devoxelize(x, levels, self.trilinear) + self.point_mlps[i](z)
+        return devoxelize(x, levels, self.trilinear) + _run_point_mlp(self.point_mlps[i], z)
+
+
+class _StatsFrozenOnRepeat:
+    """``fn`` whose second and later calls (the recomputation in backward) leave BatchNorm running statistics
+    as the first call left them: recomputing must not count the batch twice."""
+
+    def __init__(self, modules: nn.Module, fn):
+        self.bns = [m for m in modules.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls == 1:
+            return self.fn(*args)
+        saved = [(bn.momentum, bn.num_batches_tracked.clone()) for bn in self.bns]
+        for bn in self.bns:
+            bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        try:
+            return self.fn(*args)
+        finally:
+            for bn, (momentum, tracked) in zip(self.bns, saved):
+                bn.momentum = momentum
+                bn.num_batches_tracked.copy_(tracked)
 
 
 def _check_batch(batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:

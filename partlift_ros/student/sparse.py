@@ -7,8 +7,14 @@ torchsparse may be missing, yet use the same weights on a GPU where spconv is fa
   ``[batch, x, y, z]`` in units of ``stride`` fine voxels, and a ``SparseContext`` shared by every
   tensor derived from the same input, which caches coordinates and kernel maps for one forward pass.
 - Kernel maps come from sorting packed int64 keys and ``torch.searchsorted`` (no loops over voxels,
-  only over the k^3 kernel offsets).
-- ``SparseConv3d`` is gather -> matmul -> ``index_add_`` per kernel offset. Three modes:
+  only over the k^3 kernel offsets). Packed keys are linear in the coordinates, so a neighbour's key is
+  the site's key plus a constant per offset; a k == s == 2 strided map needs no search at all (each
+  fine site lies in exactly one coarse window). Maps are cached per (stride, kernel, conv stride), so
+  every layer at one stride reuses one map.
+- ``SparseConv3d`` is gather -> matmul -> ``index_add_`` per kernel offset, inside one autograd
+  Function that saves only its input features and the map (the backward pass is the same
+  gather-matmul-scatter with the pairs swapped), so training memory does not hold a gathered copy of
+  the input per offset. Gathers and products reuse one buffer per call. Three modes:
   submanifold (stride 1, output sites = input sites), strided (output sites =
   ``unique(floor(coords / stride))``) and transposed (back to the finer sites stored in the context).
   In all modes output site ``o`` sums ``W[d] @ in[s*o + d - p]`` over offsets ``d`` in ``[0, k)^3``
@@ -89,13 +95,33 @@ class KeyIndex:
 
     def lookup(self, query: Tensor) -> Tensor:
         """(M, 4) query coords -> (M,) row index into the indexed coords, -1 where absent."""
-        valid = _in_key_range(query)
-        keys = pack_keys(query)
+        return self.lookup_keys(pack_keys(query), _in_key_range(query))
+
+    def lookup_keys(self, keys: Tensor, valid: Tensor | None = None) -> Tensor:
+        """(M,) packed keys -> (M,) row index, -1 where absent (or where ``valid`` is False)."""
         if self.sorted_keys.numel() == 0:
             return torch.full_like(keys, -1)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=self.sorted_keys.numel() - 1)
-        found = valid & (self.sorted_keys[pos] == keys)
+        found = self.sorted_keys[pos] == keys
+        if valid is not None:
+            found &= valid
         return torch.where(found, self.order[pos], torch.full_like(pos, -1))
+
+
+def key_step(offset) -> int:
+    """Change of the packed key when a site moves by ``offset`` (dx, dy, dz), as long as no axis leaves
+    the packed range (``keys_are_linear``)."""
+    dx, dy, dz = (int(v) for v in offset)
+    return (dx * _AXIS_RANGE + dy) * _AXIS_RANGE + dz
+
+
+def keys_are_linear(coords: Tensor, low: int, high: int) -> bool:
+    """True when every site moved by offsets in [low, high] per axis stays inside the packed range, so
+    ``pack_keys(c + d) == pack_keys(c) + key_step(d)`` holds for all of them."""
+    if coords.shape[0] == 0:
+        return True
+    xyz = coords[:, 1:]
+    return int(xyz.min()) + low >= -_AXIS_SHIFT and int(xyz.max()) + high < _AXIS_SHIFT
 
 
 @dataclass
@@ -117,6 +143,7 @@ class SparseContext:
     coords: dict[int, Tensor] = field(default_factory=dict)
     indices: dict[int, KeyIndex] = field(default_factory=dict)
     kernel_maps: dict[tuple[int, int, int], KernelMap] = field(default_factory=dict)
+    parents: dict[tuple[int, int], Tensor] = field(default_factory=dict)  # (stride, factor) -> coarse row per site
     # spconv backend: its indice pairs (shared by key) and spatial shape per stride.
     spconv_indice_dict: dict = field(default_factory=dict)
     spatial_shapes: dict[int, list[int]] = field(default_factory=dict)
@@ -140,17 +167,25 @@ class SparseContext:
             fine = self.coords[stride]
             scaled = fine.clone()
             scaled[:, 1:] = torch.div(fine[:, 1:], factor, rounding_mode="floor")
-            self.coords[coarse] = unpack_keys(torch.unique(pack_keys(scaled)))
+            keys, parent = torch.unique(pack_keys(scaled), return_inverse=True)
+            self.coords[coarse] = unpack_keys(keys)
+            self.parents[(stride, factor)] = parent
         return self.coords[coarse]
 
     def kernel_map(self, stride: int, kernel_size: int, conv_stride: int) -> KernelMap:
         """Taps from the sites at ``stride`` (input) to those at ``stride * conv_stride`` (output)."""
         key = (stride, kernel_size, conv_stride)
         if key not in self.kernel_maps:
-            out_coords = self.coords[stride] if conv_stride == 1 else self.downsampled(stride, conv_stride)
-            self.kernel_maps[key] = _build_kernel_map(
-                self.index(stride), out_coords, kernel_size, conv_stride
-            )
+            if conv_stride == 1:
+                self.kernel_maps[key] = _build_kernel_map(self.index(stride), self.coords[stride], kernel_size, 1)
+            else:
+                out_coords = self.downsampled(stride, conv_stride)
+                parent = self.parents.get((stride, conv_stride))
+                if kernel_size == conv_stride == 2 and parent is not None:
+                    self.kernel_maps[key] = _window_kernel_map(self.coords[stride], parent, kernel_size)
+                else:
+                    self.kernel_maps[key] = _build_kernel_map(self.index(stride), out_coords, kernel_size,
+                                                              conv_stride)
         return self.kernel_maps[key]
 
 
@@ -165,24 +200,41 @@ def _build_kernel_map(in_index: KeyIndex, out_coords: Tensor, kernel_size: int, 
     base = out_coords.long().clone()
     base[:, 1:] = base[:, 1:] * conv_stride - pad
     out_rows_all = torch.arange(out_coords.shape[0], device=out_coords.device)
-    offsets = kernel_offsets(kernel_size, out_coords.device)
+    offsets = kernel_offsets(kernel_size, "cpu").tolist()
     submanifold = conv_stride == 1 and kernel_size % 2 == 1
     centre = (kernel_size**3) // 2 if submanifold else None
+    # Keys are linear in the coordinates away from the edges of the packed range: one add per offset.
+    linear = keys_are_linear(base, 0, kernel_size - 1)
+    base_keys = pack_keys(base) if linear else None
     pairs = []
     for k, offset in enumerate(offsets):  # loop over k^3 taps only; each tap is one vectorised lookup
         if submanifold and k >= centre:
             break  # the rest mirror the first half (below)
-        query = base.clone()
-        query[:, 1:] += offset
-        in_rows = in_index.lookup(query)
-        hit = in_rows >= 0
-        if bool(hit.any()):
-            pairs.append((k, in_rows[hit], out_rows_all[hit]))
+        if linear:
+            in_rows = in_index.lookup_keys(base_keys + key_step(offset))
+        else:
+            query = base.clone()
+            query[:, 1:] += torch.tensor(offset, device=base.device)
+            in_rows = in_index.lookup(query)
+        hit = torch.nonzero(in_rows >= 0, as_tuple=True)[0]
+        if hit.numel():
+            pairs.append((k, in_rows.index_select(0, hit), out_rows_all.index_select(0, hit)))
     if submanifold:
         # Same sites in and out: "i is o's neighbour at offset d" means "o is i's neighbour at -d",
         # and offset -d has index k^3 - 1 - k, so the second half costs no lookups.
         pairs += [(kernel_size**3 - 1 - k, o, i) for k, i, o in reversed(pairs)]
     return KernelMap(pairs, centre)
+
+
+def _window_kernel_map(in_coords: Tensor, parent: Tensor, kernel_size: int) -> KernelMap:
+    """k == s == 2 (no padding): each fine site lies in exactly one coarse window, ``parent`` gives it, and
+    its offset in the window is its coordinate modulo 2; no search needed."""
+    rem = torch.remainder(in_coords[:, 1:].long(), kernel_size)
+    tap = (rem[:, 0] * kernel_size + rem[:, 1]) * kernel_size + rem[:, 2]
+    order = torch.argsort(tap, stable=True)
+    counts = torch.bincount(tap, minlength=kernel_size**3).tolist()
+    in_rows, out_rows = order.split(counts), parent.index_select(0, order).split(counts)
+    return KernelMap([(k, i, o) for k, (i, o, n) in enumerate(zip(in_rows, out_rows, counts)) if n])
 
 
 class SparseVoxels:
@@ -286,14 +338,21 @@ class SparseConv3d(nn.Module):
             f"transposed={self.transposed}, backend={self.backend!r}"
         )
 
-    def forward(self, x: SparseVoxels) -> SparseVoxels:
+    def forward(self, x: SparseVoxels, scale: Tensor | None = None, shift: Tensor | None = None) -> SparseVoxels:
+        """``scale`` / ``shift`` (per output channel): return ``conv(x) * scale + shift``, folded into the
+        weights (how an inference-time BatchNorm costs no extra pass over the features)."""
         if x.feats.shape[1] != self.in_channels:
             raise InputError(f"{self}: got {x.feats.shape[1]} input channels")
         if resolve_backend(self.backend, x.feats.device) == "spconv":
-            return _spconv_forward(self, x)
-        return self._torch_forward(x)
+            out = _spconv_forward(self, x)
+            if scale is None and shift is None:
+                return out
+            feats = out.feats * scale if scale is not None else out.feats
+            return out.replace(feats + shift if shift is not None else feats)
+        return self._torch_forward(x, scale, shift)
 
-    def _torch_forward(self, x: SparseVoxels) -> SparseVoxels:
+    def _torch_forward(self, x: SparseVoxels, scale: Tensor | None = None,
+                       shift: Tensor | None = None) -> SparseVoxels:
         ctx = x.context
         if self.transposed:
             if x.stride % self.stride:
@@ -306,21 +365,73 @@ class SparseConv3d(nn.Module):
             out_stride = x.stride * self.stride
             kmap = ctx.kernel_map(x.stride, self.kernel_size, self.stride)
         out_coords = ctx.coords[out_stride]
-        feats = x.feats
-        weight = self.weight.to(feats.dtype)
-        out = None
-        if kmap.identity_offset is not None:  # centre tap of a submanifold conv: a plain matmul
-            out = feats @ weight[kmap.identity_offset]
-        for k, in_rows, out_rows in kmap.pairs:
-            partial = feats[in_rows] @ weight[k]
-            if out is None:  # dtype of the matmul, which autocast may lower
-                out = partial.new_zeros(out_coords.shape[0], self.out_channels)
-            out.index_add_(0, out_rows, partial.to(out.dtype))  # in place: no (V, C) copy per tap
-        if out is None:  # no input site reaches any output site
-            out = (feats[:0] @ weight[0]).new_zeros(out_coords.shape[0], self.out_channels)
-        if self.bias is not None:
-            out = out + self.bias
-        return SparseVoxels(out, out_coords, out_stride, ctx)
+        device = x.feats.device
+        # Autocast lowers the products only; sums over the taps stay in (at least) float32.
+        compute = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else x.feats.dtype
+        weight = self.weight if scale is None else self.weight * scale.to(self.weight.dtype)
+        feats = _GatherMatmulScatter.apply(x.feats.to(compute), weight.to(compute), kmap, out_coords.shape[0])
+        bias = self.bias if self.bias is None or scale is None else self.bias * scale
+        if shift is not None:
+            bias = shift if bias is None else bias + shift
+        if bias is not None:
+            bias = bias.to(feats.dtype)
+            feats = feats.add_(bias) if not torch.is_grad_enabled() else feats + bias
+        return SparseVoxels(feats, out_coords, out_stride, ctx)
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def gather_matmul_scatter(feats: Tensor, weight: Tensor, kmap: KernelMap, num_out: int) -> Tensor:
+    """``out[o] = sum over taps (k, i, o) of feats[i] @ weight[k]`` (no autograd), summed in >= float32.
+
+    One gather buffer and one product buffer serve every tap, so large layers do not allocate (and
+    page-fault) a fresh pair of tensors per offset.
+    """
+    acc = _accumulation_dtype(feats.dtype)
+    if kmap.identity_offset is not None:  # centre tap of a submanifold conv: a plain matmul
+        out = (feats @ weight[kmap.identity_offset]).to(acc)
+    else:
+        out = torch.zeros(num_out, weight.shape[2], dtype=acc, device=feats.device)
+    most = max((len(i) for _, i, _ in kmap.pairs), default=0)
+    gathered = feats.new_empty(most, feats.shape[1])
+    product = feats.new_empty(most, weight.shape[2])
+    for k, in_rows, out_rows in kmap.pairs:
+        n = in_rows.shape[0]
+        rows = torch.index_select(feats, 0, in_rows, out=gathered[:n])
+        part = torch.mm(rows, weight[k], out=product[:n])
+        out.index_add_(0, out_rows, part if part.dtype == acc else part.to(acc))
+    return out
+
+
+class _GatherMatmulScatter(torch.autograd.Function):
+    """Sparse conv as one autograd node: saves the input features and the map, not a gathered copy per tap."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, weight: Tensor, kmap: KernelMap, num_out: int) -> Tensor:
+        ctx.kmap = kmap
+        ctx.save_for_backward(feats, weight)
+        with torch.autocast(feats.device.type, enabled=False):
+            return gather_matmul_scatter(feats, weight, kmap, num_out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        feats, weight = ctx.saved_tensors
+        kmap = ctx.kmap
+        grad_out = grad_out.to(feats.dtype).contiguous()
+        grad_feats = grad_weight = None
+        with torch.autocast(feats.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:  # the same taps read backwards, with each W[k] transposed
+                grad_feats = gather_matmul_scatter(grad_out, weight.transpose(1, 2), kmap.swapped(), feats.shape[0])
+                grad_feats = grad_feats.to(feats.dtype)
+            if ctx.needs_input_grad[1]:
+                grad_weight = torch.zeros_like(weight)
+                if kmap.identity_offset is not None:
+                    grad_weight[kmap.identity_offset] = feats.t() @ grad_out
+                for k, in_rows, out_rows in kmap.pairs:
+                    grad_weight[k] += feats.index_select(0, in_rows).t() @ grad_out.index_select(0, out_rows)
+        return grad_feats, grad_weight, None, None
 
 
 def _spconv_op(conv: SparseConv3d, fine_stride: int) -> nn.Module:

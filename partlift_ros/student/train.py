@@ -21,7 +21,6 @@ RNG states, so ``resume=True`` takes exactly the steps an uninterrupted run woul
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import random
@@ -33,8 +32,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..config import atomic_write_bytes, atomic_write_text
+from ..config import atomic_write_text
 from ..types import InputError
+from .checkpoint import save_checkpoint, student_state
 from .data import AugmentConfig, PseudoLabelDataset, collate, to_device, train_transform
 
 CHECKPOINT_DIR = "checkpoints"
@@ -69,6 +69,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision (CUDA only)
     backend: str = "auto"  # sparse conv backend: auto | torch | spconv
     grad_clip: float = 10.0  # max gradient norm; 0 = off
+    recompute: bool = True  # recompute U-Net stage activations in backward: less memory, same gradients
     eval_every: int = 1  # epochs between ground-truth evaluations (when a GT sequence is given)
     eval_max_frames: int = 0  # 0 = every frame of the GT sequence
 
@@ -96,7 +97,7 @@ def training_step(model, fusion, batch: dict, class_weights: torch.Tensor, cfg: 
 
     labels = batch["segment"]
     weights = batch["weight"] if cfg.confidence_weighting else None
-    out = model(batch)
+    out = model(batch, embeddings=False)  # the (N, 512) embeddings would only cost memory here
     loss_3d = pseudo_label_loss(out["logits"], labels, class_weights, weights, alpha=cfg.alpha)
     terms = {"loss_3d": loss_3d}
     loss = loss_3d
@@ -165,25 +166,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def student_state(model, model_args: dict, class_names: Sequence[str], text_embeddings: np.ndarray,
-                  cfg: TrainConfig) -> dict:
-    """What inference needs (``infer.load_student``): weights, how to rebuild the model, the vocabulary."""
-    return {
-        "model": model.state_dict(),
-        "model_args": dict(model_args),
-        "class_names": list(class_names),
-        "text_embeddings": np.asarray(text_embeddings, np.float32),
-        "config": dataclasses.asdict(cfg),
-    }
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save into memory, then an atomic rename: a crash never leaves half a checkpoint."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -195,8 +177,8 @@ class _Trainer:
     """The state of one training run; ``run`` is the loop, the rest keeps it short."""
 
     def __init__(self, run_dirs, out_dir: Path, cfg: TrainConfig, gt_sequence, progress, sources) -> None:
+        from .checkpoint import build_model
         from .fusion2d import Fusion2D
-        from .infer import build_model
         from .losses import class_weights_from_counts
 
         self.cfg, self.out_dir, self.gt_sequence = cfg, out_dir, gt_sequence
@@ -208,6 +190,7 @@ class _Trainer:
         _seed_everything(cfg.seed)
         self.model_args = {"in_channels": 4, "width": cfg.width, "voxel_size": cfg.voxel_size, "backend": cfg.backend}
         self.model = build_model(self.model_args, self.dataset.text_embeddings).to(self.device)
+        self.model.recompute = cfg.recompute  # memory only: not an architecture key
         self.fusion = (
             Fusion2D(self.model.feature_dim, cfg.image_channels).to(self.device) if cfg.use_2d else None
         )
@@ -245,7 +228,8 @@ class _Trainer:
     # ------------------------------------------------------------------ state
     def state(self, round_: int, epoch: int, global_step: int) -> dict:
         return {
-            **student_state(self.model, self.model_args, self.class_names, self.dataset.text_embeddings, self.cfg),
+            **student_state(self.model, self.model_args, self.class_names, self.dataset.text_embeddings, self.cfg,
+                            quantise=False),
             "fusion": None if self.fusion is None else self.fusion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -356,7 +340,7 @@ def train(
     start_round, start_epoch, global_step = 0, 0, 0
     resumed_from = None
     if resume and last.is_file():
-        from .infer import read_checkpoint
+        from .checkpoint import read_checkpoint
 
         r, e, global_step = trainer.load(read_checkpoint(last, trainer.device))
         resumed_from = {"round": r, "epoch": e}
@@ -387,8 +371,10 @@ def train(
             _write_metrics(metrics_path, rows)
             trainer.progress({"kind": "epoch", **row})
         start_epoch = 0
-    final = out_dir / FINAL
-    atomic_write_bytes(final, last.read_bytes())
+    final = out_dir / FINAL  # weights and what inference needs only (checkpoint.py); last.pt keeps the rest
+    trainer.model.eval()
+    save_checkpoint(final, student_state(trainer.model, trainer.model_args, trainer.class_names,
+                                         trainer.dataset.text_embeddings, cfg))
     evaluated = [r["miou"] for r in rows if r.get("miou") is not None]
     return {
         "out_dir": str(out_dir),

@@ -1,4 +1,4 @@
-"""Test fixture for the student tests: a `partlift label`-style run made from ground truth.
+"""Label runs for the student tests and benchmarks: a `partlift label`-style run made from ground truth.
 
 Not a labelling result: the "pseudo-labels" are SemanticKITTI ground-truth classes, the "superpoints" are
 (class, 2 m × 2 m cell) groups, confidence is a constant and the class text embeddings are random unit
