@@ -697,12 +697,15 @@ def test_launch_files_declare_their_arguments_and_never_evaluate_strings():
         ("student.launch.py", "student", {"checkpoint", "points_topic", "device", "max_points", "tta_rotations",
                                           "reliable", "bag", "use_sim_time"}),
     ]:
-        tree, calls, declared, _ = _launch_tree(name)
+        tree, calls, declared, defaults = _launch_tree(name)
         assert set(declared) == expected, name
         # No PythonExpression: a bag path with a quote in it cannot break the launch (it is one argv element).
         assert not calls["PythonExpression"], name
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         assert {"OpaqueFunction", "Shutdown", "bag_player"} <= imported, name
+        assert defaults["reliable"] == defaults["use_sim_time"] == "auto", name
+        # resolve_auto_arguments turns auto into true/false before the node reads them.
+        assert "resolve_auto_arguments" in imported, name
         (node,) = [c for c in calls["Node"]]
         kwargs = {k.arg: k.value for k in node.keywords}
         assert kwargs["executable"].value == executable
@@ -725,6 +728,16 @@ def test_launch_helpers_read_booleans_as_launch_does():
     assert [is_true(v) for v in ("true", "True", "1", "yes", "false", "0", "", "off")] == [True] * 4 + [False] * 4
     with pytest.raises(ValueError):
         is_true("maybe")
+
+
+def test_auto_arguments_are_true_exactly_when_a_bag_is_played():
+    from partlift_ros.ros.launching import auto_or_bool
+
+    # auto follows the bag; an explicit value wins either way.
+    assert [auto_or_bool("auto", bag) for bag in (True, False)] == [True, False]
+    assert [auto_or_bool(" AUTO ", True), auto_or_bool("false", True), auto_or_bool("true", False)] == [True, False, True]
+    with pytest.raises(ValueError):
+        auto_or_bool("sometimes", True)
 
 
 def test_params_yaml_holds_the_core_defaults_under_the_node_name():

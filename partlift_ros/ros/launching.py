@@ -3,6 +3,8 @@ when asked for and possible, decided in Python at launch time (``OpaqueFunction`
 strings, so a bag path with quotes or spaces is passed through as it is.
 
 - RViz: started when ``use_rviz`` is true and rviz2 is installed; otherwise a warning and the launch goes on.
+- ``reliable`` and ``use_sim_time`` default to ``auto``: true when a bag is played (a replay should lose no
+  message and runs on the bag's clock), false live; an explicit true/false is kept.
 - Bag: ``ros2 bag play BAG --clock`` when ``bag`` is set, started once the node says it is ready (its model is
   loaded), so no frame is lost to start-up; a bag that does not exist, a missing ``ros2 bag`` or a player
   that fails shuts the whole launch down (with the reason), so no node is left waiting alone.
@@ -32,6 +34,32 @@ def is_true(text: str) -> bool:
     if value in ("false", "0", "no", "off", ""):
         return False
     raise ValueError(f"expected true or false, got {text!r}")
+
+
+def auto_or_bool(text: str, playing_bag: bool) -> bool:
+    """A launch argument that may be ``auto``: true exactly when a bag is played; otherwise read by ``is_true``."""
+    if str(text).strip().lower() == "auto":
+        return playing_bag
+    return is_true(text)
+
+
+AUTO_WITH_BAG = ("reliable", "use_sim_time")  # launch arguments whose default ``auto`` follows ``bag``
+
+
+def resolve_auto_arguments(context) -> list:
+    """Replace ``auto`` in the launch arguments of ``AUTO_WITH_BAG`` by true/false (``auto_or_bool``).
+
+    Must come before the actions that read them: the launch visits the actions returned here first.
+    """
+    from launch.actions import SetLaunchConfiguration
+    from launch.substitutions import LaunchConfiguration
+
+    playing_bag = bool(LaunchConfiguration("bag").perform(context))
+    return [
+        SetLaunchConfiguration(name, "true" if auto_or_bool(LaunchConfiguration(name).perform(context), playing_bag)
+                               else "false")
+        for name in AUTO_WITH_BAG
+    ]
 
 
 def rviz_installed() -> bool:
