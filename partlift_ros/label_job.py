@@ -8,6 +8,7 @@ config, class list, text embeddings, source description and run fingerprint sit 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def parse_frame_range(text: str | None) -> slice | None:
     return slice(start, stop)
 
 
-class FrameSource:
+class FrameSource(ABC):
     """The frames of a source by number: ``indices`` (all of them, known without decoding any) and
     ``read(wanted)``, which decodes only the wanted frames, in order, and yields a frame that cannot be read
     as (index, InputError) so the caller can report it and go on."""
@@ -87,8 +88,9 @@ class FrameSource:
     skipped_images: list[str]  # image messages skipped while opening the source (a pair may be missing)
     skipped_calibration: list[str]  # broken CameraInfo / TF messages skipped (a valid one exists)
 
+    @abstractmethod
     def read(self, wanted: Iterable[int]) -> Iterator[tuple[int, Frame | InputError]]:
-        raise NotImplementedError
+        """(index, frame or the InputError that stopped it) for the wanted frames this source has, in order."""
 
 
 class _KittiFrames(FrameSource):

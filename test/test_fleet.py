@@ -164,7 +164,7 @@ def test_a_process_with_other_thread_pools_labels_the_same_bytes(tmp_path, seq08
 
 # --------------------------------------------------------------------------------------------- on Ray
 def test_two_workers_on_a_local_ray_cluster_write_the_bytes_of_one_process(one_process, fleet_args, tmp_path):
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="Ray missing: pip install -e '.[ray]'")
     out = tmp_path / "ray"
     r = invoke("label", *fleet_args, "--out", out, "--workers", "2")
     assert r.exit_code == 0, r.output
@@ -176,7 +176,7 @@ def test_two_workers_on_a_local_ray_cluster_write_the_bytes_of_one_process(one_p
 
 
 def test_a_node_removed_mid_run_loses_no_frame_and_changes_no_byte(one_process, fleet_args, tmp_path, monkeypatch):
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="Ray missing: pip install -e '.[ray]'")
     from ray.cluster_utils import Cluster
 
     # The cluster's processes import partlift from this checkout.
