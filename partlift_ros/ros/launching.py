@@ -55,11 +55,14 @@ def resolve_auto_arguments(context) -> list:
     from launch.substitutions import LaunchConfiguration
 
     playing_bag = bool(LaunchConfiguration("bag").perform(context))
-    return [
-        SetLaunchConfiguration(name, "true" if auto_or_bool(LaunchConfiguration(name).perform(context), playing_bag)
-                               else "false")
-        for name in AUTO_WITH_BAG
-    ]
+    actions = []
+    for name in AUTO_WITH_BAG:
+        value = LaunchConfiguration(name).perform(context)
+        try:
+            actions.append(SetLaunchConfiguration(name, "true" if auto_or_bool(value, playing_bag) else "false"))
+        except ValueError:
+            raise ValueError(f"launch argument {name}:={value!r}: expected true, false or auto") from None
+    return actions
 
 
 def rviz_installed() -> bool:
