@@ -76,6 +76,22 @@ def overlay_image(
     return out
 
 
+def bev_extent(xyz: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """x and y ranges of the finite points (2nd-98th percentile, at most ±50 m); (-1, 1) without any.
+
+    Non-finite points keep their index in a scan (points.py), so they are left out here: a NaN would make the
+    percentiles NaN.
+    """
+    from .points import finite_points_mask
+
+    finite = xyz[finite_points_mask(xyz[:, :3])] if len(xyz) else xyz
+    if not len(finite):
+        return (-1.0, 1.0), (-1.0, 1.0)
+    x0, x1 = np.clip(np.percentile(finite[:, 0], [2, 98]), -50, 50)
+    y0, y1 = np.clip(np.percentile(finite[:, 1], [2, 98]), -50, 50)
+    return (float(x0), float(x1)), (float(y0), float(y1))
+
+
 def bev_image(
     xyz: np.ndarray,
     colours: np.ndarray,
@@ -93,10 +109,9 @@ def bev_image(
     so the points fill the panel in one direction and are centred in the other.
     """
     x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    if x_range is None:
-        x_range = tuple(np.clip(np.percentile(x, [2, 98]), -50, 50)) if len(x) else (-1.0, 1.0)
-    if y_range is None:
-        y_range = tuple(np.clip(np.percentile(y, [2, 98]), -50, 50)) if len(y) else (-1.0, 1.0)
+    if x_range is None or y_range is None:
+        extent_x, extent_y = bev_extent(xyz)
+        x_range, y_range = x_range or extent_x, y_range or extent_y
     (x0, x1), (y0, y1) = x_range, y_range
     if height is not None:
         scale = min(width / max(y1 - y0, 1e-3), height / max(x1 - x0, 1e-3))
@@ -257,7 +272,9 @@ def frame_picture(
         y += parts[-1].shape[0] + gap
     width = max(p.shape[1] for p in parts)
     bev_title, bev_colours = bev
-    bev_img = bev_image(frame.points, bev_colours, width=width, height=_bev_height(frame.points, width))
+    x_range, y_range = bev_extent(frame.points)
+    bev_img = bev_image(frame.points, bev_colours, x_range, y_range, width=width,
+                        height=_bev_height(x_range, y_range, width))
     boxes[bev_title] = (0, y + TITLE_HEIGHT, width, y + TITLE_HEIGHT + bev_img.shape[0])
     parts.append(titled(bev_img, bev_title))
     shown: list[str] = []
@@ -271,11 +288,8 @@ def frame_picture(
     return Picture(side_by_side(*parts, gap=gap), boxes, shown)
 
 
-def _bev_height(xyz: np.ndarray, width: int) -> int:
-    """As tall as the points' extent asks at this width, within [0.4, 1] × width and at most 1400 px."""
-    if not len(xyz):
-        return max(1, width // 2)
-    x0, x1 = np.clip(np.percentile(xyz[:, 0], [2, 98]), -50, 50)
-    y0, y1 = np.clip(np.percentile(xyz[:, 1], [2, 98]), -50, 50)
+def _bev_height(x_range: tuple[float, float], y_range: tuple[float, float], width: int) -> int:
+    """As tall as the points' extent (``bev_extent``) asks at this width, within [0.4, 1] × width, ≤ 1400 px."""
+    (x0, x1), (y0, y1) = x_range, y_range
     natural = width * (x1 - x0) / max(y1 - y0, 1e-3)
     return int(np.clip(natural, 0.4 * width, min(width, 1400)))

@@ -47,6 +47,21 @@ def test_every_camera_is_drawn_with_its_own_projection(rig):
     assert set(picture.legend) == present | {NO_CLASS}
 
 
+def test_non_finite_points_are_drawn_nowhere_and_change_nothing(rig):
+    # Readers keep non-finite returns at their index (points.py): the picture must ignore them.
+    from partlift_ros.render_run import render_labels
+
+    points, left, right = rig[0]
+    label = labels_by_height(points)
+    clean = render_labels(Frame(points, [left, right], frame_id="velodyne"), label, list(SEMANTIC_KITTI_CLASSES))
+    holed = np.insert(points, [10, 500], np.nan, axis=0)
+    holed[[10, 501], 3] = 0.0
+    holed_label = np.insert(label, [10, 500], -1)
+    picture = render_labels(Frame(holed, [left, right], frame_id="velodyne"), holed_label,
+                            list(SEMANTIC_KITTI_CLASSES))
+    np.testing.assert_array_equal(picture.image, clean.image)
+
+
 def test_birds_eye_view_fills_its_panel(rig):
     from partlift_ros.render import bev_image
 
