@@ -403,28 +403,74 @@ def test_student_pt_at_the_default_width_is_under_20_mb_and_holds_only_what_infe
             assert torch.equal(restored[name], value), name
 
 
-def test_int8_student_pt_labels_a_real_scan_like_the_float32_weights(seq08):
-    from partlift_ros.io.kitti import read_scan
-    from partlift_ros.student.checkpoint import build_model, model_from_checkpoint, student_state
-    from partlift_ros.student.infer import predict
+def random_student(width=8):
+    """A seeded random student with non-trivial BatchNorm statistics (predictions vary over a scan)."""
+    from partlift_ros.student.checkpoint import build_model
     from partlift_ros.student.train import TrainConfig
 
     torch.manual_seed(0)
-    cfg = TrainConfig(width=8)
-    args = {"in_channels": 4, "width": 8, "voxel_size": cfg.voxel_size, "backend": "torch"}
+    cfg = TrainConfig(width=width)
+    args = {"in_channels": 4, "width": width, "voxel_size": cfg.voxel_size, "backend": "torch"}
     emb = torch.nn.functional.normalize(torch.randn(19, 16), dim=1).numpy()
     model = build_model(args, emb)
-    with torch.no_grad():  # non-trivial BatchNorm statistics so predictions vary over the scan
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm1d):
                 m.running_mean.normal_(0, 0.2)
-    model.eval()
+    return model.eval(), args, emb, cfg
+
+
+def test_int8_student_pt_labels_a_real_scan_like_the_float32_weights(seq08):
+    from partlift_ros.io.kitti import read_scan
+    from partlift_ros.student.checkpoint import model_from_checkpoint, student_state
+    from partlift_ros.student.infer import predict
+
+    model, args, emb, cfg = random_student()
     stored = model_from_checkpoint(student_state(model, args, [str(i) for i in range(19)], emb, cfg)).eval()
     points = read_scan(seq08 / "velodyne" / "000000.bin")[::3]
     full, _ = predict(model, points)
     lean, _ = predict(stored, points)
     assert np.bincount(full).max() < 0.9 * len(full)  # not one class everywhere: the agreement means something
     assert (full == lean).mean() >= 0.995
+
+
+def test_predict_keeps_non_finite_points_at_their_index_unlabelled(seq08):
+    # The one non-finite policy (points.py) for every caller of predict: node, predict-run, eval, rescoring.
+    from partlift_ros.io.kitti import read_scan
+    from partlift_ros.student.infer import predict
+
+    model = random_student()[0]
+    points = read_scan(seq08 / "velodyne" / "000000.bin")[::6]
+    holes = np.array([0, 10, 11, 500])
+    holed = np.insert(points, holes - np.arange(len(holes)), np.nan, axis=0)
+    holed[holes, 3] = 0.0
+    label, confidence = predict(model, holed)
+    expected_label, expected_confidence = predict(model, points)
+    keep = np.ones(len(holed), bool)
+    keep[holes] = False
+    assert (label[holes] == IGNORE).all() and (confidence[holes] == 0).all()
+    np.testing.assert_array_equal(label[keep], expected_label)
+    np.testing.assert_array_equal(confidence[keep], expected_confidence)
+    with pytest.raises(InputError, match="finite"):
+        predict(model, np.full((5, 4), np.nan, np.float32))
+
+
+def test_dataset_leaves_out_non_finite_points_of_its_source(thin_seq, tmp_path):
+    import shutil
+
+    seq = shutil.copytree(thin_seq, tmp_path / "seq")
+    run = write_gt_pseudo_label_run(tmp_path / "run", seq, [0])
+    scan_file = seq / "velodyne" / "000000.bin"
+    points = np.fromfile(scan_file, np.float32).reshape(-1, 4)
+    clean = PseudoLabelDataset([run])[0]
+    points[[3, 7], :3] = np.nan  # the source now has two no-return rows (kept at their index by the reader)
+    points.tofile(scan_file)
+    sample = PseudoLabelDataset([run])[0]
+    keep = np.ones(len(points), bool)
+    keep[[3, 7]] = False
+    assert np.isfinite(sample["coord"]).all() and len(sample["coord"]) == len(points) - 2
+    for key in ("coord", "segment", "weight", "unit", "pixel", "visible"):
+        np.testing.assert_array_equal(sample[key], clean[key][keep], err_msg=key)
 
 
 def test_a_float32_checkpoint_with_an_optimiser_still_loads_for_inference(tmp_path):

@@ -27,7 +27,7 @@ from rclpy.node import Node
 
 from ..config import ConfigError
 from ..io.pointcloud2 import Scan, labelled_cloud_array
-from ..points import finite_points_mask, parse_intensity_scale
+from ..points import parse_intensity_scale
 from ..types import IGNORE, Frame, InputError, LabelledCloud
 from . import conversions as conv
 from .diagnostics import OK, WARN, InputLog
@@ -162,11 +162,8 @@ class StudentNode(Node):
         t0 = time.perf_counter()
         points = job.scan.points
         n = points.shape[0]
-        # The one non-finite policy (points.py): such points keep their index and get no label.
-        finite = finite_points_mask(points)
-        label = np.full(n, IGNORE, np.int32)
-        confidence = np.zeros(n, np.float32)
-        label[finite], confidence[finite] = predict(self.model, points[finite], tta_rotations=self.tta_rotations)
+        # predict keeps non-finite points at their index, unlabelled (the one policy of points.py).
+        label, confidence = predict(self.model, points, tta_rotations=self.tta_rotations)
         labelled = LabelledCloud(
             frame=Frame(points=points, cameras=[], frame_id=str(job.header.frame_id), layout=job.scan.layout),
             class_names=self.class_names, label=label, confidence=confidence,

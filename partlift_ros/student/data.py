@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..io.writers import read_run_classes, read_run_frame, read_run_labels
+from ..points import finite_points_mask
 from ..types import IGNORE, InputError
 
 # Keys whose first axis runs over points; every subsetting transform keeps them aligned.
@@ -418,8 +419,11 @@ class PseudoLabelDataset:
         if segment.shape[0] != n:
             raise InputError(f"{run}: frame {index} has {segment.shape[0]} labels for a scan of {n} points")
         visible = visible & (pixel[:, 0] >= 0)
-        return make_sample(points, segment=segment, weight=np.where(segment >= 0, confidence, 0.0),
-                           visible=visible, pixel=pixel, unit=unit, image=scan.get("image"), name=self.name(i))
+        sample = make_sample(points, segment=segment, weight=np.where(segment >= 0, confidence, 0.0),
+                             visible=visible, pixel=pixel, unit=unit, image=scan.get("image"), name=self.name(i))
+        # Non-finite returns keep their index in a run (unlabelled); the network never sees them.
+        finite = finite_points_mask(points)
+        return sample if finite.all() else subset(sample, finite)
 
 
 def _read_run_vocabulary(run: Path) -> tuple[list[str], np.ndarray]:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..types import InputError
+from ..points import finite_points_mask
+from ..types import IGNORE, InputError
 from .checkpoint import model_from_checkpoint, read_checkpoint
 from .data import collate, eval_transform, make_sample, rotate_z, to_device
 
@@ -71,9 +72,23 @@ def predict_probabilities(model, points: np.ndarray, voxel_size: float | None = 
 
 def predict(model, points: np.ndarray, voxel_size: float | None = None, tta_rotations: int = 0,
             precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """Per-point (labels int32 0-based, confidence float32 = the winning class's probability)."""
-    probs = predict_probabilities(model, points, voxel_size, tta_rotations, precision)
-    return probs.argmax(axis=1).astype(np.int32), probs.max(axis=1).astype(np.float32)
+    """Per-point (labels int32 0-based, confidence float32 = the winning class's probability).
+
+    The one non-finite policy (points.py): points without finite x, y, z keep their index and get IGNORE with
+    confidence 0; the others are predicted together.
+    """
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] < 4:
+        raise InputError(f"points must be a non-empty (N, 4) array, got shape {points.shape}")
+    finite = finite_points_mask(points)
+    if not finite.any():
+        raise InputError(f"points must hold at least one finite point, got {points.shape[0]} and none finite")
+    label = np.full(points.shape[0], IGNORE, np.int32)
+    confidence = np.zeros(points.shape[0], np.float32)
+    probs = predict_probabilities(model, points if finite.all() else points[finite], voxel_size, tta_rotations,
+                                  precision)
+    label[finite], confidence[finite] = probs.argmax(axis=1), probs.max(axis=1)
+    return label, confidence
 
 
 def evaluate_on_sequence(model, class_names: list[str], sequence_dir: str | Path, voxel_size: float | None = None,

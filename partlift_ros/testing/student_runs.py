@@ -63,8 +63,6 @@ def write_thinned_sequence(sequence_dir: Path, out: Path, indices, step: int = 4
 
     Same images, calibration and times: the student tests run on real geometry at a fraction of the cost.
     """
-    import shutil
-
     for sub in ("velodyne", "labels", "image_2"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for name in ("calib.txt", "times.txt"):
