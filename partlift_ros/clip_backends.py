@@ -234,9 +234,11 @@ def build_encoder(cfg: ClipConfig, model: Any, device: "torch.device", preproces
             from pathlib import Path
 
             root = Path(tempfile.mkdtemp(prefix="partlift-clip-export-"))
+        if "digest" not in probe:  # hashed once, however many choices are tried
+            probe["digest"] = clip_export.weights_digest(tower)
         try:
             export = clip_export.cached_export(root, tower, choice.backend, choice.precision, probe_pixels(),
-                                               reference, probe.setdefault("digest", clip_export.weights_digest(tower)))
+                                               reference, probe["digest"])
         except ModelLoadError as exc:
             if last or cfg.backend != "auto":
                 raise

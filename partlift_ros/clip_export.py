@@ -71,14 +71,19 @@ def cache_root(export_dir: str, source: ModelSource | None) -> Path | None:
 
 def weights_digest(tower: "torch.nn.Module") -> str:
     """sha256 of the vision tower's tensors (names, dtypes, shapes and bytes), independent of file names."""
-    import torch
-
     h = hashlib.sha256()
     for name, t in sorted(tower.state_dict().items()):
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+        h.update(tensor_bytes(t))
     return h.hexdigest()
+
+
+def tensor_bytes(tensor: "torch.Tensor") -> np.ndarray:
+    """The tensor's raw bytes (uint8, C order) for any dtype, bf16 included (which numpy cannot hold)."""
+    import torch
+
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy() if t.numel() else np.zeros(0, np.uint8)
 
 
 def export_key(digest: str, backend: str, precision: str) -> str:
@@ -117,13 +122,13 @@ def probe_crops(n: int = PROBE_CROPS) -> list[np.ndarray]:
 
 # ----------------------------------------------------------------------------- exporting
 def cached_export(root: Path, tower: "torch.nn.Module", backend: str, precision: str, probe_pixels: "torch.Tensor",
-                  reference: Callable[[], np.ndarray], digest: str | None = None) -> Export:
+                  reference: Callable[[], np.ndarray], digest: str) -> Export:
     """The export of ``tower`` for (backend, precision) under ``root``, written (atomically) if missing.
 
     ``probe_pixels`` are preprocessed probe crops; ``reference()`` gives their fp32 torch features (only
-    called when an export is written). Raises ModelLoadError when the export fails.
+    called when an export is written); ``digest`` is ``weights_digest(tower)``. Raises ModelLoadError when the
+    export fails.
     """
-    digest = digest or weights_digest(tower)
     key = export_key(digest, backend, precision)
     folder = root / f"{backend}-{precision}-{key}"
     manifest = folder / "manifest.json"

@@ -2,7 +2,8 @@
 
 Each instance (superpoint) is cut out of the camera image along the 2D box of its visible projected
 points; CLIP embeds the crop, and the softmax over cosine similarities with the class prompts gives
-its score row. Only ``transformers.CLIPModel`` is used; the image preprocessing of
+its score row. The model is loaded with ``transformers`` (``CLIPModel``); its vision tower runs on the
+crop-encoder backend ``clip_backends.py`` picks (torch, ONNX Runtime or OpenVINO). The image preprocessing of
 ``CLIPImageProcessor`` is re-done in torch so that a whole batch of crops is prepared at once.
 """
 
@@ -110,7 +111,7 @@ def prompt_name(class_name: str) -> str:
 
 
 class ClipLabeler:
-    """Scores image crops against class prompts with a ``transformers.CLIPModel``.
+    """Scores image crops against class prompts with a ``transformers.CLIPModel`` (vision tower on ``clip_backends``).
 
     ``model`` is a ``CLIPModel``; ``processor`` is anything with ``.tokenizer`` and ``.image_processor``
     (e.g. ``ClipProcessor``). Without them the model is loaded from ``cfg`` (see ``load``).

@@ -84,7 +84,7 @@ def run_demo(out_dir: Path, cfg: PipelineConfig, labeler=None) -> DemoResult:
     return result
 
 
-def _picture(frame, first: tuple[str, np.ndarray], superpoint: np.ndarray, gt: np.ndarray, bev_colours=None):
+def _picture(frame, first: tuple[str, np.ndarray], superpoint: np.ndarray, gt: np.ndarray):
     """Panels: ``first`` (title, train ids or colours), then each superpoint in its majority ground-truth
     class; the bird's-eye view of the first panel; a legend of the classes shown."""
     from .metrics import instance_ceiling
@@ -101,7 +101,7 @@ def _picture(frame, first: tuple[str, np.ndarray], superpoint: np.ndarray, gt: n
     bev_title = "bird's-eye view of the top panel (x forward = up)"
     return frame_picture(
         frame, [(title, colours), (GT_CAPTION, class_colours(majority, palette))],
-        (bev_title, colours if bev_colours is None else bev_colours), (names, palette, present),
+        (bev_title, colours), (names, palette, present),
     )
 
 

@@ -197,16 +197,15 @@ class _Tally:
 def _crop_items(run_dir: Path, index: int, classes: list[str], sp: np.ndarray, majority: np.ndarray):
     """Each superpoint with a CLIP crop, once: (its crop's class before affinity, its majority GT class), as
     train ids; None for a run without crops (a student's). ``sp`` and ``majority`` are per front-view point."""
-    from .io.writers import frame_path
+    from .io.writers import frame_path, read_frame_arrays
     from .semantickitti import run_to_train_ids
 
-    path = frame_path(run_dir, index)
-    if not path.is_file():
+    if not frame_path(run_dir, index).is_file():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        if "instance_scores" not in data.files or data["instance_scores"].size == 0:
-            return None
-        scores, has_crop = data["instance_scores"], data["instance_valid"].astype(bool)
+    arrays = read_frame_arrays(run_dir, index, ["instance_scores", "instance_valid"])
+    if arrays.get("instance_scores", np.zeros(0)).size == 0:
+        return None
+    scores, has_crop = arrays["instance_scores"], arrays["instance_valid"].astype(bool)
     majority_of = np.full(has_crop.size, IGNORE, dtype=np.int32)
     voted = (sp >= 0) & (sp < has_crop.size) & (majority >= 0)
     majority_of[sp[voted]] = majority[voted]  # every point of a superpoint holds the same majority

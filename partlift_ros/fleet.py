@@ -4,8 +4,9 @@ One source keeps the layout of a single run (OUT is the run). Several sources (o
 ``fleet.json``) give a *fleet folder*: one run per source in ``OUT/<name>/`` (names: ``fleet_sources.py``)
 and ``OUT/fleet.json``, rewritten atomically at the start and at the end of every invocation:
 
-    {"format": 1, "sources": [{"name", "path", "kind", "frames", "labelled", "labelled_now", "resumed",
-                               "skipped": [{"frame", "reason"}], "skipped_messages", "seconds"}, ...]}
+    {"format": 1, "updated": "<ISO time>",
+     "sources": [{"name", "path", "kind", "frames", "labelled", "labelled_now", "resumed",
+                  "skipped": [{"frame", "reason"}], "skipped_messages", "seconds"}, ...]}
 
 ``frames``: frames in the range; ``labelled``: those written (by any invocation); ``skipped``: frames that
 could not be labelled now, with the reason; ``seconds``: time spent labelling the source in this invocation

@@ -80,7 +80,7 @@ def label_chunk_task(job, chunk: list[int], actor, progress, source_no: int):
 
     t0 = time.perf_counter()
     pipeline = LabelPipeline(job.cfg)  # no CLIP here: the actor encodes
-    writer = LabelRunWriter(job.out_dir, job.cfg.classes, job.cfg)
+    writer = LabelRunWriter.open(job.out_dir, job.cfg.classes)
 
     def on_frame(index: int, what: str) -> None:
         progress.put((source_no, index, what))

@@ -16,9 +16,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .io.bag_writer import BAG_SUFFIXES
 from .types import InputError
 
-BAG_SUFFIXES = (".mcap", ".db3")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

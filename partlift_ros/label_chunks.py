@@ -22,7 +22,7 @@ of an uninterrupted run.
 Labelling a source in pieces (several processes, issue 15): the driver calls
 ``label_run.prepare_label_job`` and ``start_label_run`` once per source (checks, fingerprint, metadata);
 any worker then labels one chunk of ``job.chunks`` with ``label_chunk(pipeline, job.source, chunk,
-LabelRunWriter(job.out_dir, cfg.classes, cfg), clip=...)`` and its own ``LabelPipeline(cfg)`` (which needs
+LabelRunWriter.open(job.out_dir, cfg.classes), clip=...)`` and its own ``LabelPipeline(cfg)`` (which needs
 no CLIP model when ``clip`` encodes elsewhere: ``fleet_ray.py``). ``job.source`` holds no open file (a bag's
 first-pass index is plain arrays), so it can be shipped to the worker as it is. CLIP encodes the crops of a
 CLIP group (an offline block, or one frame: ``clip_groups.py``) together in every mode, so the bytes do not
@@ -40,9 +40,6 @@ from pathlib import Path
 import numpy as np
 
 from .types import IGNORE, InputError, LabelledCloud
-
-RECORDS = ("chunk", "block")
-
 
 def split_chunks(indices: Sequence[int], chunk_frames: int) -> list[list[int]]:
     """Frame numbers (sorted) -> chunks cut at multiples of ``chunk_frames`` (0 = one chunk)."""
@@ -63,7 +60,6 @@ class ChunkResult:
 
     labelled: list[int] = field(default_factory=list)  # written now
     failed: list[tuple[int, str]] = field(default_factory=list)  # (frame, reason), not written
-    already_done: list[int] = field(default_factory=list)  # written by an earlier run, left as they are
     read: int = 0  # frames decoded from the source (including those fed again for context)
     points_total: int = 0
     points_labelled: int = 0
@@ -129,7 +125,6 @@ def label_chunk(
     steps = plan_chunk(chunk, done, lambda i: read_frame_arrays(out_dir, i, ["block"]).get("block", []),
                        pipeline.cfg.affinity)
     write = dict(steps)
-    result.already_done = [i for i in chunk if i in done]
     if not any(write.values()):
         return result
     bounds = chunk_bounds(chunk)

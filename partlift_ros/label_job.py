@@ -1,5 +1,6 @@
-"""The offline labelling job behind ``partlift label``: its sources (what to read) and its entry point.
+"""One source's offline labelling job: its sources (what to read) and ``run_label_job``, which runs it whole.
 
+``partlift label`` drives the same steps through ``fleet.py`` (one or many sources).
 ``run_label_job`` = ``label_run.prepare_label_job`` (checks without a model) + ``start_label_run`` (loads
 CLIP, writes the run's metadata) + ``execute_label_job`` (labels chunk by chunk, ``label_chunks.py``).
 Resumable: frames whose outputs exist are skipped, everything is written atomically, and the resolved

@@ -201,7 +201,7 @@ def execute_label_job(
 
     t_start = time.perf_counter()
     summary = begin_summary(job, summary)
-    writer = LabelRunWriter(job.out_dir, pipeline.cfg.classes, pipeline.cfg)
+    writer = LabelRunWriter.open(job.out_dir, pipeline.cfg.classes)  # start_label_run wrote the metadata
     finished = [job.done_before]
 
     def on_frame(index: int, what: str) -> None:
@@ -241,7 +241,7 @@ def finish_label_job(job: LabelJob, summary: JobSummary) -> None:
     from .io.writers import LabelRunWriter
 
     if summary.stage_ms:  # a run resumed with nothing left to do keeps the timing of the run that labelled it
-        LabelRunWriter(job.out_dir, job.cfg.classes, job.cfg).write_timing(summary.stage_ms)
+        LabelRunWriter.open(job.out_dir, job.cfg.classes).write_timing(summary.stage_ms)
     if job.bag_out is not None:
         summary.bag_frames = write_run_bag(job, job.cfg.classes)
         summary.bag_path = job.bag_out

@@ -83,7 +83,7 @@ def normalise_intensity(
     out[~np.isfinite(out)] = 0.0
     if full != 1.0:
         out *= np.float32(1.0 / full)
-    np.clip(out, 0.0, 1.0, out=out)
+    np.clip(out, *INTENSITY_RANGE, out=out)
     return out
 
 

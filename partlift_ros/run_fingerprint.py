@@ -14,6 +14,7 @@ its large files by their sha256 already. A model given as an object (tests) is h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,8 +78,8 @@ def clip_files(clip_cfg, known: dict | None = None, model: Any = None) -> dict[s
     known = known or {}
     out: dict[str, dict] = {}
     for prefix, folder, patterns in (
-        ("model/", _model_folder(clip_cfg.model, clip_cfg.local_files_only), MODEL_PATTERNS),
-        ("processor/", _model_folder(clip_cfg.processor or clip_cfg.model, clip_cfg.local_files_only), PROCESSOR_FILES),
+        ("model/", _model_folder(clip_cfg.model), MODEL_PATTERNS),
+        ("processor/", _model_folder(clip_cfg.processor or clip_cfg.model), PROCESSOR_FILES),
     ):
         if folder is None:
             continue
@@ -89,7 +90,7 @@ def clip_files(clip_cfg, known: dict | None = None, model: Any = None) -> dict[s
     return out
 
 
-def _model_folder(source: str, local_files_only: bool) -> Path | None:
+def _model_folder(source: str) -> Path | None:
     """The folder holding a model's files: the local folder, or the Hugging Face cache snapshot of a hub id."""
     from .model_source import model_source
 
@@ -114,19 +115,28 @@ def _file_identity(path: Path, known: dict | None) -> dict:
     elif known and all(known.get(k) == ident[k] for k in ("size", "path", "mtime_ns")) and "sha256" in known:
         ident["sha256"] = known["sha256"]
     else:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        ident["sha256"] = digest.hexdigest()
+        ident["sha256"] = _file_sha256(ident["path"], stat.st_size, stat.st_mtime_ns)
     return ident
 
 
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's content, once per process while its size and mtime stay (a fleet's sources share
+    one model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _tensors_sha256(model: Any) -> str:
+    from .clip_export import tensor_bytes
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 

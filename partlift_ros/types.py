@@ -78,7 +78,9 @@ class Frame:
             raise InputError(f"frame {self.index}: points must be an (N, 4) array, got shape {getattr(p, 'shape', None)}")
         if p.shape[0] == 0:
             raise InputError(f"frame {self.index}: empty scan (0 points)")
-        if not (np.isfinite(p[:, 0]) & np.isfinite(p[:, 1]) & np.isfinite(p[:, 2])).any():  # points.finite_points_mask
+        from .points import finite_points_mask  # points.py imports this module
+
+        if not finite_points_mask(p).any():
             raise InputError(f"frame {self.index}: every one of the {p.shape[0]} points has NaN/inf coordinates")
         if self.ring is not None and np.shape(self.ring) != (p.shape[0],):
             raise InputError(f"frame {self.index}: ring has shape {np.shape(self.ring)} for {p.shape[0]} points")

@@ -75,6 +75,19 @@ def test_write_then_read_back_every_array(tmp_path):
     assert not [p for p in (tmp_path / "run").rglob("*.tmp")]  # no temp files left behind
 
 
+def test_opening_a_written_run_writes_frames_and_leaves_its_metadata_alone(tmp_path):
+    LabelRunWriter(tmp_path / "run", CLASSES, PipelineConfig())
+    before = {f: (tmp_path / "run" / f).stat().st_mtime_ns for f in ("classes.yaml", "config.yaml")}
+    writer = LabelRunWriter.open(tmp_path / "run", CLASSES)
+    writer.write(labelled())
+    assert writer.done(4)
+    assert {f: (tmp_path / "run" / f).stat().st_mtime_ns for f in before} == before
+    with pytest.raises(InputError, match="holds a run with classes"):
+        LabelRunWriter.open(tmp_path / "run", CLASSES[:-1])
+    with pytest.raises(InputError, match="no classes.yaml"):
+        LabelRunWriter.open(tmp_path / "empty", CLASSES)
+
+
 def test_done_needs_both_files(tmp_path):
     writer = LabelRunWriter(tmp_path, CLASSES, PipelineConfig())
     writer.write(labelled(index=7))

@@ -208,3 +208,22 @@ def test_an_organised_bag_cloud_stays_organised_in_the_labelled_bag(tmp_path, se
         msg = reader.deserialize(raw, conn[0].msgtype)
     assert (msg.height, msg.width) == (64, 512) and not msg.is_dense
     np.testing.assert_array_equal(decode_pointcloud2(msg)["label"], label)
+
+
+def test_skipped_frames_and_messages_are_printed_as_written():
+    # Reasons quote paths and message fields; brackets in them must reach the user, not be read as markup.
+    from types import SimpleNamespace
+
+    from partlift_ros.cli.common import console
+    from partlift_ros.cli.label import print_skipped
+
+    summary = SimpleNamespace(warnings=["bag /data/run[a]/x.mcap: no [camera_info]"],
+                              skipped_messages=["/velodyne_points at 3.0: field [ring] missing [/x]"],
+                              frames_failed=[(4, "frame 4 of /data/run[a]/x.mcap: bad [image]")])
+    with console.capture() as captured:
+        print_skipped(summary)
+        print_skipped(summary, "run[a]")
+    out = " ".join(captured.get().split())
+    for why in ("bag /data/run[a]/x.mcap: no [camera_info]", "field [ring] missing [/x]",
+                "frame 4 of /data/run[a]/x.mcap: bad [image]", "run[a]: frame 4"):
+        assert why in out, (why, out)

@@ -11,6 +11,11 @@ from rich.console import Console
 console = Console(stderr=True, soft_wrap=True)
 
 
+def pct(value: float | None) -> str:
+    """A 0..1 metric as a percentage with two decimals; "-" when there is none."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def split_names(text: str | None) -> list[str] | None:
     if text is None:
         return None

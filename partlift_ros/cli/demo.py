@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, reported_errors, resolve_config
+from .common import console, pct, reported_errors, resolve_config
 
 
 def demo(
@@ -42,6 +42,11 @@ def demo(
             console.print(
                 f"mIoU front view {pct(m['miou_front'])}, pseudo-label accuracy {pct(m['accuracy'])}, "
                 f"coverage {pct(m['coverage'])}, instance ceiling {pct(m['ceiling_miou_front'])}"
+            )
+        elif not crops["count"]:
+            console.print(
+                "[bold red]These are not labels:[/] no superpoint had a crop CLIP could score, so nothing shows "
+                f"that the weights in {result.clip_model!r} know these images; nothing was scored as labels."
             )
         else:
             console.print(
@@ -80,7 +85,3 @@ def how_to_get_weights() -> str:
     if hub_unreachable_reason() is None:
         return f"partlift demo --download (fetches {hub_id}) or --clip-model PATH."
     return f"the hub cannot be reached from here. {offline_fix(hub_id)}."
-
-
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"

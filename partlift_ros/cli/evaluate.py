@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, reported_errors, split_names
+from .common import console, pct, reported_errors, split_names
 
 
 def evaluate(
@@ -56,10 +56,6 @@ def evaluate(
         _print_metrics(result, f"{out} vs {gt_sequence} ({result['frames']} frames)")
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
 def _print_metrics(result: dict, title: str) -> None:
     from rich.table import Table
 
@@ -71,12 +67,12 @@ def _print_metrics(result: dict, title: str) -> None:
     table.add_column("GT pts front", justify="right")
     for name, row in result["per_class"].items():
         if row["gt_points_front"] or row["iou_front"] is not None:
-            table.add_row(name, _pct(row["iou_front"]), _pct(row["iou_all"]), _pct(row["ceiling_iou_front"]),
+            table.add_row(name, pct(row["iou_front"]), pct(row["iou_all"]), pct(row["ceiling_iou_front"]),
                           str(row["gt_points_front"]))
     console.print(table)
     summary = Table(show_header=False)
     for key in ("miou_front", "miou_all", "hiou", "accuracy", "coverage", "ceiling_miou_front"):
-        summary.add_row(key, _pct(result[key]))
+        summary.add_row(key, pct(result[key]))
     summary.add_row("superpoints_per_frame_median", f"{result['superpoints_per_frame_median']:.0f}")
     console.print(summary)
     crops = result["crops"]
@@ -99,9 +95,9 @@ def _print_runs(result: dict) -> None:
     for header in columns.values():
         table.add_column(header, justify="right")
     for name, row in result["runs"].items():
-        table.add_row(name, str(row["frames"]), *(_pct(row[k]) for k in columns))
+        table.add_row(name, str(row["frames"]), *(pct(row[k]) for k in columns))
     pooled = result["pooled"]
-    table.add_row("[bold]pooled", str(pooled["frames"]), *(_pct(pooled[k]) for k in columns))
+    table.add_row("[bold]pooled", str(pooled["frames"]), *(pct(pooled[k]) for k in columns))
     console.print(table)
     for name, sequence in result["ground_truth"].items():
         console.print(f"{name}: ground truth {sequence}")

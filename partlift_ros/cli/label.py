@@ -158,16 +158,27 @@ def _report(summary, out: Path) -> int:
     if summary.bag_path is not None:
         table.add_row("labelled bag", f"{summary.bag_path} ({summary.bag_frames} frames)")
     console.print(table)
-    for why in summary.warnings:
-        console.print(f"[yellow]warning:[/] {why}")
-    for why in summary.skipped_messages:
-        console.print(f"[red]message skipped:[/] {why}")
-    for _, why in summary.frames_failed:
-        console.print(f"[red]skipped[/] {why}")
+    print_skipped(summary)
     code = exit_code(summary)
     if code == 2:
         console.print("[bold red]error:[/] no frame could be labelled")
     return code
+
+
+def print_skipped(summary, source: str = "") -> None:
+    """The warnings, skipped messages and skipped frames of one job, prefixed with ``source`` when given.
+
+    The reasons quote paths and message fields: escaped, so brackets in them are printed, not read as markup.
+    """
+    from rich.markup import escape
+
+    prefix = f"{escape(source)}: " if source else ""
+    for why in summary.warnings:
+        console.print(f"[yellow]warning:[/] {prefix}{escape(why)}")
+    for why in summary.skipped_messages:
+        console.print(f"[red]message skipped:[/] {prefix}{escape(why)}")
+    for _, why in summary.frames_failed:
+        console.print(f"[red]skipped[/] {prefix}{escape(why)}")
 
 
 def exit_code(summary) -> int:

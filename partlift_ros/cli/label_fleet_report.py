@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from .common import console
-from .label import exit_code
+from .label import exit_code, print_skipped
 
 
 def report_fleet(fleet, stats: dict) -> int:
     """Print the per-source table, what was skipped and where fleet.json is; the worst exit code of the sources."""
-    from rich.markup import escape
     from rich.table import Table
 
     from ..fleet import FLEET_FILE, frames_written
@@ -29,12 +28,7 @@ def report_fleet(fleet, stats: dict) -> int:
                       f"{stats['startup_s']:.1f} s, peak memory {stats['worker_peak_rss_mb']:.0f} MiB per worker, "
                       f"{stats['clip_peak_rss_mb']:.0f} MiB per CLIP actor")
     for s in fleet.sources:
-        for why in s.summary.warnings:
-            console.print(f"[yellow]warning:[/] {s.name}: {escape(why)}")
-        for why in s.summary.skipped_messages:
-            console.print(f"[red]message skipped:[/] {s.name}: {escape(why)}")
-        for _, why in s.summary.frames_failed:
-            console.print(f"[red]skipped[/] {s.name}: {escape(why)}")
+        print_skipped(s.summary, s.name)
     codes = {s.name: exit_code(s.summary) for s in fleet.sources}
     for name, code in codes.items():
         if code == 2:

@@ -307,10 +307,6 @@ class RosbagReader:
                 raise frame
             yield frame
 
-    def stamp(self, index: int) -> float | None:
-        """Header stamp (seconds) of frame ``index``'s cloud; None when its header was unreadable."""
-        return self._stamp_of.get(index)
-
     def frames(self, wanted: Iterable[int] | None = None) -> Iterator[tuple[int, Frame | InputError]]:
         """(index, Frame) for each frame in ``wanted`` (default: all), in order; others are never decoded.
 

@@ -118,6 +118,17 @@ class LabelRunWriter:
         dump_config(config, self.out_dir / "config.yaml")
         self.timings: list[dict[str, float]] = []
 
+    @classmethod
+    def open(cls, out_dir: str | Path, class_names: Sequence[str]) -> "LabelRunWriter":
+        """A writer for the frames of a run whose metadata is written already (``classes.yaml`` with these
+        classes): nothing in the run's root is rewritten, so chunk workers never race on it."""
+        writer = cls.__new__(cls)
+        writer.out_dir, writer.class_names, writer.timings = Path(out_dir), [str(c) for c in class_names], []
+        existing = read_run_classes(writer.out_dir)
+        if existing != writer.class_names:
+            raise InputError(f"{writer.out_dir} holds a run with classes {existing}, not {writer.class_names}")
+        return writer
+
     def done(self, index: int) -> bool:
         """True when frame ``index`` was completely written (both files exist)."""
         return self.frame_done(self.out_dir, index)

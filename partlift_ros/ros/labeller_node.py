@@ -37,6 +37,7 @@ from rcl_interfaces.msg import SetParametersResult
 
 from ..clip_labeling import ModelLoadError
 from ..config import ConfigError
+from ..points import parse_intensity_scale
 from ..types import InputError
 from . import conversions as conv
 from .diagnostics import InputLog, labeller_statuses
@@ -65,7 +66,7 @@ class LabellerNode(Node):
         self.settings: NodeSettings = build_settings(values)
         self._cameras: list[CameraSpec] = build_cameras(values)
         cfg = build_config(values)
-        self._intensity_scale = cfg.points.intensity_scale
+        self._intensity_scale = parse_intensity_scale(cfg.points.intensity_scale)
         from ..pipeline import LabelPipeline
 
         pipeline = LabelPipeline(cfg, labeler=labeler)
@@ -227,7 +228,7 @@ class LabellerNode(Node):
             self.log.throttle.period = settings.log_throttle
         if any(p.name not in NODE_KEYS and p.name.split(".", 1)[0] not in camera_names for p in params):
             cfg = build_config(values)
-            self._intensity_scale = cfg.points.intensity_scale
+            self._intensity_scale = parse_intensity_scale(cfg.points.intensity_scale)
             self.worker.reconfigure(cfg)
 
     # ------------------------------------------------------------------ diagnostics

@@ -24,6 +24,7 @@ from ..io.pointcloud2 import Scan
 from ..pairing import StampBuffer
 from ..types import CameraView, Frame, InputError
 from . import conversions as conv
+from .diagnostics import DECODE, PAIRING
 from .params import CameraSpec, NodeSettings
 
 Reject = Callable[[str, str], None]
@@ -112,8 +113,8 @@ class Pairer:
             job = self._job(cloud, images, [i for i, h in enumerate(hits) if h is None], settings, cameras,
                             extrinsics, reject)
             if job is not None:
-                job.stages_ms["decode"] = cloud.decode_ms + sum(image.decode_ms for _, image in images)
-                job.stages_ms["pairing"] = (time.perf_counter() - t0) * 1e3
+                job.stages_ms[DECODE] = cloud.decode_ms + sum(image.decode_ms for _, image in images)
+                job.stages_ms[PAIRING] = (time.perf_counter() - t0) * 1e3
                 jobs.append(job)
         return jobs
 

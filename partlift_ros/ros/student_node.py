@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,7 @@ class StudentNode(Node):
         self._lock = threading.Lock()
         self._labelled = 0
         self._dropped = 0
-        self._proc_ms: list[float] = []
+        self._proc_ms: deque[float] = deque(maxlen=500)
         self.log = InputLog(self.get_logger(), float(p["log_throttle"]))
         self._diagnostics_period = float(p["diagnostics_period"])
 
@@ -182,7 +183,7 @@ class StudentNode(Node):
         self._pub_latency.publish(conv.float64_msg(latency * 1e3))
         with self._lock:
             self._labelled += 1
-            self._proc_ms = (self._proc_ms + [proc_ms])[-500:]
+            self._proc_ms.append(proc_ms)
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostic_statuses(self) -> list:

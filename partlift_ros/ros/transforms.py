@@ -56,10 +56,6 @@ class TransformTree:
             return None
         return chain_transform(edges, source.lstrip("/"), target.lstrip("/"))
 
-    def frames(self) -> list[str]:
-        with self._lock:
-            return sorted({f for child, (parent, _) in self._edges.items() for f in (parent, child)})
-
 
 class Extrinsics:
     """T_cam_lidar for each (cloud frame, camera frame) pair, for one node."""

@@ -155,7 +155,8 @@ def _agreement(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tu
 @torch.no_grad()
 def _point_features(model, frames: Sequence[dict], device: torch.device) -> list[torch.Tensor]:
     model.eval()
-    return [model(to_device(collate([f]), device))["point_features"] for f in frames]
+    # Only the point features are used: embeddings=False skips the (N, D) head projection.
+    return [model(to_device(collate([f]), device), embeddings=False)["point_features"] for f in frames]
 
 
 @torch.no_grad()

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .merge import unique_pairs
+
 _MAX_STEPS = 4.0  # successive points of a line further apart in azimuth are not neighbours (a gap, dropped returns)
 _TOLERANCE_OF_SPACING = 0.4  # a successor lies within this fraction of the smallest beam spacing in elevation
 _MIN_SEPARATION = 1.0  # decades between the within-line and between-line elevation gaps for a cloud to have lines
@@ -264,7 +266,5 @@ def _nearest_in_angle(azimuth: np.ndarray, elevation: np.ndarray, k: int = 4) ->
     kk = min(k + 1, n)
     dist, nb = cKDTree(ang).query(ang, k=kk)
     pairs = np.c_[np.repeat(np.arange(n), kk - 1), nb[:, 1:].reshape(-1)]
-    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    key = np.unique((lo * n + hi)[lo != hi])
     step = float(np.median(dist[:, 1])) if kk > 1 else 0.0
-    return _no_lines(n, step, np.c_[key // n, key % n].astype(np.int64))
+    return _no_lines(n, step, unique_pairs(pairs, n).astype(np.int64))
