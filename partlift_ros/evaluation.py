@@ -65,13 +65,12 @@ def gt_sequence_for(run_dir: Path, gt_root: Path | None = None) -> Path:
     folder with labels/ (its ``source.yaml``). With it: ``gt_root`` itself when it holds labels/, else
     ``gt_root/sequences/<key>`` or ``gt_root/<key>``, the key being the source's folder name or bag name
     (a bag written by ``partlift kitti2bag seq/08 08.mcap`` finds sequence 08)."""
-    import yaml
+    from .label_job import read_source_spec
 
-    source_file = Path(run_dir) / "source.yaml"
-    source = yaml.safe_load(source_file.read_text()) if source_file.is_file() else {}
-    path = Path(source.get("path", ""))
+    source = read_source_spec(run_dir)
+    path = Path(source.path if source is not None else "")
     if gt_root is None:
-        if source.get("kind") == "kitti" and (path / "labels").is_dir():
+        if source is not None and source.kind == "kitti" and (path / "labels").is_dir():
             return path
         raise InputError(f"{run_dir}: its source {path or '(unknown: no source.yaml)'} is not a SemanticKITTI "
                          "folder with labels/; give the ground truth (GT_ROOT)")

@@ -40,6 +40,28 @@ class SourceSpec:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+SOURCE_FILE = "source.yaml"  # in every run: the SourceSpec it was labelled from
+
+
+def read_source_spec(run_dir: str | Path) -> SourceSpec | None:
+    """The SourceSpec a run recorded in its source.yaml; None when it has none, InputError when it is unreadable."""
+    import yaml
+
+    path = Path(run_dir) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of source fields, got {type(data).__name__}")
+    try:
+        return SourceSpec(**data)
+    except TypeError as exc:
+        raise InputError(f"{path}: unexpected keys in {sorted(data)} ({exc})") from exc
+
+
 def detect_source(
     path: str | Path, cameras: list[int] | None = None, intensity_scale: str = "auto", **bag_options
 ) -> SourceSpec:

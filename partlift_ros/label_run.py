@@ -28,7 +28,7 @@ import yaml
 
 from .config import PipelineConfig, atomic_write_bytes, atomic_write_text, umask
 from .label_chunks import ChunkResult, chunk_conflicts, label_chunk, split_chunks
-from .label_job import FrameSource, SourceSpec, frames_in_range, open_frame_source, seen_labels_for
+from .label_job import SOURCE_FILE, FrameSource, SourceSpec, frames_in_range, open_frame_source, seen_labels_for
 from .run_fingerprint import (
     FINGERPRINT_FILE, clip_files, fingerprint_differences, read_fingerprint, run_fingerprint, write_fingerprint,
 )
@@ -172,7 +172,7 @@ def start_label_run(pipeline, job: LabelJob) -> None:
     try:
         staging.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; OUT gets the user's umask
         LabelRunWriter(staging, cfg.classes, cfg)
-        atomic_write_text(staging / "source.yaml", yaml.safe_dump(job.spec.to_dict(), sort_keys=False))
+        atomic_write_text(staging / SOURCE_FILE, yaml.safe_dump(job.spec.to_dict(), sort_keys=False))
         _save_npy(staging / "text_embeddings.npy", text_embeddings)
         write_fingerprint(staging, job.fingerprint)
         _move_into_place(staging, job.out_dir)

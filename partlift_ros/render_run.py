@@ -23,22 +23,14 @@ def render_labels(frame, label: np.ndarray, class_names: list[str], title: str =
 def run_source(run_dir: Path, source: Path):
     """The source spec to read ``source`` with: the one the run recorded in source.yaml (its topics and
     cameras) when it names the same kind of source, else what ``source`` looks like on its own."""
-    import yaml
+    import dataclasses
 
-    from .label_job import SourceSpec, detect_source
+    from .label_job import detect_source, read_source_spec
 
     spec = detect_source(source)
-    saved_file = Path(run_dir) / "source.yaml"
-    if saved_file.is_file():
-        try:
-            saved = yaml.safe_load(saved_file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{saved_file}: not valid YAML: {exc}") from exc
-        if isinstance(saved, dict) and saved.get("kind") == spec.kind:
-            try:
-                return SourceSpec(**{**saved, "kind": spec.kind, "path": spec.path})
-            except TypeError as exc:
-                raise InputError(f"{saved_file}: unexpected keys ({exc})") from exc
+    saved = read_source_spec(run_dir)
+    if saved is not None and saved.kind == spec.kind:
+        return dataclasses.replace(saved, path=spec.path)
     return spec
 
 

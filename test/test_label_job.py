@@ -9,6 +9,7 @@ import shutil
 import stat
 
 import numpy as np
+import yaml
 import pytest
 
 from job_fixtures import copy_sequence, invoke, text, write_config
@@ -227,3 +228,19 @@ def test_skipped_frames_and_messages_are_printed_as_written():
     for why in ("bag /data/run[a]/x.mcap: no [camera_info]", "field [ring] missing [/x]",
                 "frame 4 of /data/run[a]/x.mcap: bad [image]", "run[a]: frame 4"):
         assert why in out, (why, out)
+
+
+def test_a_runs_source_yaml_is_read_by_one_rule(tmp_path):
+    # render, eval and the student's dataset all read a run's source through read_source_spec.
+    from partlift_ros.label_job import SourceSpec, read_source_spec
+    from partlift_ros.types import InputError
+
+    assert read_source_spec(tmp_path) is None
+    spec = SourceSpec("rosbag", "/bags/x.mcap", image_topic=["/a/image", "/b/image"], slop=0.1)
+    (tmp_path / "source.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    assert read_source_spec(tmp_path) == spec
+    for text, says in (("kind: [unclosed", "not valid YAML"), ("- kitti\n", "expected a mapping"),
+                       ("kind: kitti\npath: /x\nlens: fisheye\n", "unexpected keys")):
+        (tmp_path / "source.yaml").write_text(text)
+        with pytest.raises(InputError, match=says):
+            read_source_spec(tmp_path)

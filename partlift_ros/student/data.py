@@ -438,22 +438,14 @@ def _read_run_vocabulary(run: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _read_source_spec(run: Path, override: str | Path | None):
-    import yaml
-
-    from ..label_job import SourceSpec
+    from ..label_job import detect_source, read_source_spec
 
     if override is not None:
-        from ..label_job import detect_source
-
         return detect_source(override)
-    path = run / "source.yaml"
-    if not path.is_file():
+    spec = read_source_spec(run)
+    if spec is None:
         raise InputError(f"{run}: missing source.yaml (which sequence or bag the points come from)")
-    data = yaml.safe_load(path.read_text()) or {}
-    try:
-        return SourceSpec(**data)
-    except TypeError as exc:
-        raise InputError(f"{path}: unexpected keys in {sorted(data)}") from exc
+    return spec
 
 
 def _run_frame_indices(run: Path) -> list[int]:
