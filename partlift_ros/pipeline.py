@@ -252,15 +252,19 @@ class LabelPipeline:
 
     def geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
         """The CLIP-free stages: projection, superpixels, superpoints and visibility."""
-        from .superpoints import segment_superpoints
-        from .image_regions import segment_image
-        from .visibility import visible_mask
-
         frame.validate()
         finite = finite_points_mask(frame.points)
         if not finite.all():
             # The one non-finite policy (points.py): such points keep their index and get no superpoint.
-            return self.geometry(frame.subset(finite), clock).expand(finite)
+            return self._finite_geometry(frame.subset(finite), clock).expand(finite)
+        return self._finite_geometry(frame, clock)
+
+    def _finite_geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
+        """``geometry`` of a validated frame whose points are all finite."""
+        from .superpoints import segment_superpoints
+        from .image_regions import segment_image
+        from .visibility import visible_mask
+
         cfg = self.cfg
         clock = clock or _StageClock()
         points = np.ascontiguousarray(frame.points[:, :4], dtype=np.float32)

@@ -50,8 +50,8 @@ def supervoxel_superpoints(
     # One canonical order (by x, then y, then z): RANSAC samples and tie breaks then never depend on the order a
     # driver or a voxel filter stored the points in.
     points_xyz = np.asarray(points[idx, :3])
-    idx = idx[np.lexsort((points_xyz[:, 2], points_xyz[:, 1], points_xyz[:, 0]))]
-    xyz = np.asarray(points[idx, :3], dtype=np.float64)
+    order = np.lexsort((points_xyz[:, 2], points_xyz[:, 1], points_xyz[:, 0]))
+    idx, xyz = idx[order], points_xyz[order].astype(np.float64)
     ground = remove_ground_ransac(xyz, cfg.ground_distance, cfg.ground_iterations, np.random.default_rng(0))
     raised = np.zeros_like(ground)
     height = np.zeros(idx.size)  # of ground points above the local road surface
