@@ -316,6 +316,17 @@ def _flatten_plain(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: Path, error: type[Exception] = ConfigError) -> dict:
+    """The mapping a YAML file holds (empty file: {}); ``error`` naming the file when it is not one."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Defaults, then the YAML file (if any), then explicit overrides."""
     cfg = PipelineConfig()
@@ -323,13 +334,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level")
-        cfg = apply_overrides(cfg, data)
+        cfg = apply_overrides(cfg, read_yaml_mapping(p))
     if overrides:
         cfg = apply_overrides(cfg, overrides)
     cfg.validate()

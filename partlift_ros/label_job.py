@@ -45,17 +45,12 @@ SOURCE_FILE = "source.yaml"  # in every run: the SourceSpec it was labelled from
 
 def read_source_spec(run_dir: str | Path) -> SourceSpec | None:
     """The SourceSpec a run recorded in its source.yaml; None when it has none, InputError when it is unreadable."""
-    import yaml
+    from .config import read_yaml_mapping
 
     path = Path(run_dir) / SOURCE_FILE
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping of source fields, got {type(data).__name__}")
+    data = read_yaml_mapping(path, InputError)
     try:
         return SourceSpec(**data)
     except TypeError as exc:
