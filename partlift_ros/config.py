@@ -179,6 +179,9 @@ class PipelineConfig:
     sam: SamConfig = field(default_factory=SamConfig)
     job: JobConfig = field(default_factory=JobConfig)
     seed: int = 0
+    # Threads of the CLIP-free stages: > 1 segments the images on helper threads while the scan cues are
+    # computed (same superpoints with any count; 1 = one stage after the other).
+    geometry_threads: int = 2
 
     def validate(self) -> None:
         if not self.classes:
@@ -230,6 +233,8 @@ class PipelineConfig:
             raise ConfigError(f"clustering.rough_cut_window: need >= 1 point, got {c.rough_cut_window}")
         if self.sam.backend not in ("segment_anything", "transformers"):
             raise ConfigError(f"sam.backend: expected 'segment_anything' or 'transformers', got {self.sam.backend!r}")
+        if self.geometry_threads < 1:
+            raise ConfigError(f"geometry_threads: expected >= 1 threads, got {self.geometry_threads}")
         if self.job.threads < 1:
             raise ConfigError(f"job.threads: expected >= 1 threads, got {self.job.threads}")
         if self.job.chunk_frames < 0:

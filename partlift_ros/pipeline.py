@@ -28,6 +28,7 @@ import numpy as np
 from .calibration import Projection, project_points
 from .clip_groups import ClipGroups, PreparedFrame
 from .config import PipelineConfig
+from .helper_threads import helper_threads
 from .points import finite_points_mask
 from .types import IGNORE, Frame, LabelledCloud
 
@@ -260,8 +261,14 @@ class LabelPipeline:
         return self._finite_geometry(frame, clock)
 
     def _finite_geometry(self, frame: Frame, clock: "_StageClock | None" = None) -> Geometry:
-        """``geometry`` of a validated frame whose points are all finite."""
-        from .superpoints import segment_superpoints
+        """``geometry`` of a validated frame whose points are all finite.
+
+        With ``geometry_threads`` > 1 the images are segmented on helper threads while this thread computes
+        the scan cues, the ground fit runs beside the scan lines and the visibility test beside the superpoints
+        (OpenCV and numpy's large loops release the GIL). Every part is deterministic, so the result is the same
+        with any thread count.
+        """
+        from .superpoints import image_free_cues, segment_superpoints
         from .image_regions import segment_image
         from .visibility import visible_mask
 
@@ -273,32 +280,44 @@ class LabelPipeline:
             points[~np.isfinite(points[:, 3]), 3] = 0.0
         n = points.shape[0]
 
-        projections: list[Projection] = []
-        superpixels: list[np.ndarray] = []
-        regions: list[np.ndarray | None] = []
-        for cam in frame.cameras:
-            projections.append(project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D))
-            clock.lap("projection")
-            sp_map, region_map = segment_image(cam.image, projections[-1], cfg.visibility, cfg.clustering)
-            superpixels.append(sp_map)
-            regions.append(region_map)
-            clock.lap("superpixels")
-
+        projections = [project_points(points, cam.K, cam.T_cam_lidar, cam.size, cam.D) for cam in frame.cameras]
         in_view = np.zeros(n, dtype=bool)
         for p in projections:
             in_view |= p.in_image
         eligible = in_view.copy() if cfg.clustering.front_view_only else np.ones(n, dtype=bool)
         if frame.seen_labels is not None:
             eligible &= np.asarray(frame.seen_labels) < 0
-        instance = segment_superpoints(
-            points, cfg.clustering, eligible, list(zip(projections, superpixels)),
-            None if any(r is None for r in regions) else regions, frame.ring,
-        )
-        clock.lap("superpoints")
+        clock.lap("projection")
 
-        visible_per_cam = [
-            visible_mask(p, sp, cfg.visibility.depth_threshold) for p, sp in zip(projections, superpixels)
-        ]
+        def segment(cam, proj):
+            return segment_image(cam.image, proj, cfg.visibility, cfg.clustering)
+
+        # With helper threads the laps measure what this thread waited for: a helper's work that overlapped the
+        # scan cues or the superpoints is not counted again. (One thread: every job runs at submit.)
+        threads = cfg.geometry_threads
+        with helper_threads(threads - 1) as helpers:
+            segmenting = [helpers.submit(segment, cam, proj) for cam, proj in zip(frame.cameras, projections)]
+            clock.lap("superpixels")
+            # The ground fit goes to a helper too while the images leave room (on KITTI an image takes ~26 ms, the
+            # ground ~20 and the scan lines ~40); queued behind more images it would keep this thread waiting.
+            ground_on = helpers if len(frame.cameras) < threads else None
+            cues = image_free_cues(points, cfg.clustering, eligible, frame.ring, ground_on)
+            clock.lap("scan cues")
+            superpixels, regions = [], []
+            for job in segmenting:
+                sp_map, region_map = job.result()
+                superpixels.append(sp_map)
+                regions.append(region_map)
+            clock.lap("superpixels")
+            checking = [helpers.submit(visible_mask, p, sp, cfg.visibility.depth_threshold)
+                        for p, sp in zip(projections, superpixels)]
+            clock.lap("visibility")
+            instance = segment_superpoints(
+                points, cfg.clustering, eligible, list(zip(projections, superpixels)),
+                None if any(r is None for r in regions) else regions, frame.ring, cues,
+            )
+            clock.lap("superpoints")
+            visible_per_cam = [job.result() for job in checking]
         visible = np.zeros(n, dtype=bool)
         for v in visible_per_cam:
             visible |= v

@@ -28,7 +28,7 @@ from .types import InputError
 FINGERPRINT_FILE = "fingerprint.json"
 FORMAT = 1
 # Config keys that never change a label (how a model is fetched); compared nowhere.
-NOT_LABEL_KEYS = ("clip.local_files_only", "clip.export_dir")
+NOT_LABEL_KEYS = ("clip.local_files_only", "clip.export_dir", "geometry_threads")
 MODEL_PATTERNS = ("config.json", "*.safetensors", "*.bin", "*.index.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
                    "merges.txt", "special_tokens_map.json")

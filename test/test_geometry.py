@@ -273,6 +273,25 @@ def test_segment_superpoints_rejects_bad_input():
         segment_superpoints(np.zeros((5, 4)), ClusteringConfig(method="kmeans"))
 
 
+def test_image_free_cues_give_the_same_superpoints_and_must_match_the_points():
+    from partlift_ros.superpoints import image_free_cues
+
+    rng = np.random.default_rng(3)
+    points = np.c_[rng.uniform(-20, 20, (3000, 3)), rng.uniform(0, 1, 3000)].astype(np.float32)
+    points[:, 2] = np.where(np.arange(3000) % 3 == 0, -1.7, points[:, 2] / 10)  # a ground plane and some objects
+    cfg, eligible = ClusteringConfig(), points[:, 0] > -10
+    cues = image_free_cues(points, cfg, eligible)
+    assert cues.idx.size == eligible.sum() and cues.ground.any()
+    np.testing.assert_array_equal(segment_superpoints(points, cfg, eligible, cues=cues),
+                                  segment_superpoints(points, cfg, eligible))
+    with pytest.raises(InputError, match="cues of .* points"):
+        segment_superpoints(points, cfg, np.ones(3000, dtype=bool), cues=cues)
+    assert image_free_cues(points, ClusteringConfig(method="dbscan"), eligible) is None
+    empty = image_free_cues(points, cfg, np.zeros(3000, dtype=bool))
+    assert empty.idx.size == 0
+    assert (segment_superpoints(points, cfg, np.zeros(3000, dtype=bool), cues=empty) == IGNORE).all()
+
+
 def _image(rng: np.random.Generator) -> np.ndarray:
     """Green left half, red right half, a little noise: one vertical colour edge at column 120."""
     img = np.zeros((120, 240, 3), dtype=np.uint8)

@@ -136,3 +136,49 @@ def test_bad_frames_raise_specific_errors(labeler, frames):
     # The pipeline still works after rejecting bad frames.
     (out,) = pipe.process(f)
     assert (out.label != IGNORE).any()
+
+
+@pytest.mark.parametrize("cameras", [(2,), (2, 3)])
+def test_geometry_threads_change_no_output_and_report_the_scan_cues(seq08, cameras):
+    """geometry_threads only moves work between threads: superpixels, superpoints and visibility are the same
+    arrays with 1, 2 and 3 threads, with one camera (the ground fit on a helper) and two (the ground fit here)."""
+    from partlift_ros.io.kitti import KittiSequenceReader
+    from partlift_ros.pipeline import LabelPipeline, _StageClock
+
+    frame = KittiSequenceReader(seq08, cameras=cameras).read(1)
+    frame.points[::53, :3] = np.nan  # no-return rows take the finite-subset path
+    results = {}
+    for threads in (1, 2, 3):
+        clock = _StageClock()
+        results[threads] = LabelPipeline(PipelineConfig(geometry_threads=threads)).geometry(frame, clock)
+        assert set(clock.times) == {"projection", "superpixels", "scan cues", "superpoints", "visibility"}
+    one = results[1]
+    assert one.num_instances > 100 and one.visible.any()
+    for threads in (2, 3):
+        other = results[threads]
+        np.testing.assert_array_equal(other.instance, one.instance)
+        np.testing.assert_array_equal(other.visible, one.visible)
+        for a, b in zip(other.superpixels + other.visible_per_camera, one.superpixels + one.visible_per_camera):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_geometry_threads_is_checked_and_kept_out_of_the_run_fingerprint():
+    from partlift_ros.config import ConfigError
+    from partlift_ros.run_fingerprint import NOT_LABEL_KEYS
+
+    with pytest.raises(ConfigError, match="geometry_threads: expected >= 1"):
+        apply_overrides(PipelineConfig(), {"geometry_threads": 0}).validate()
+    assert "geometry_threads" in NOT_LABEL_KEYS  # a resume with another thread count gets the same labels
+
+
+def test_an_error_on_a_helper_thread_reaches_the_caller(frames):
+    """A bad image fails on the helper that segments it; geometry raises that InputError, not a thread's trace."""
+    import dataclasses
+
+    from partlift_ros.pipeline import LabelPipeline
+
+    camera = dataclasses.replace(frames[0].cameras[0], image=frames[0].cameras[0].image[:1])  # one row: too small
+    frame = dataclasses.replace(frames[0], cameras=[camera])
+    for threads in (1, 2):
+        with pytest.raises(InputError, match="too small"):
+            LabelPipeline(PipelineConfig(geometry_threads=threads)).geometry(frame)

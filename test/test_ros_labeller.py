@@ -789,3 +789,15 @@ def test_rviz_config_shows_the_node_outputs_in_the_lidar_frame():
         assert f'"{topic}"' in node_src
     assert 'ns="partlift_instances"' in (REPO / "partlift_ros" / "ros" / "conversions.py").read_text()
 
+
+
+def test_geometry_threads_stay_within_the_compute_threads():
+    """The geometry's helper threads count as compute threads: the node never runs more than compute_threads."""
+    from partlift_ros.ros.worker import within_compute_threads
+
+    cfg = PipelineConfig(geometry_threads=3)
+    assert within_compute_threads(cfg, 1).geometry_threads == 1
+    assert within_compute_threads(cfg, 2).geometry_threads == 2
+    assert within_compute_threads(cfg, 8).geometry_threads == 3
+    assert within_compute_threads(cfg, 0).geometry_threads == 3  # -1 = the libraries' defaults: no cap
+    assert cfg.geometry_threads == 3  # the given config is not changed

@@ -50,7 +50,7 @@ from .params import (
 from .qos import input_qos, output_qos, overridable
 from .transforms import Extrinsics
 from .validation import Rejected, check_camera_info, check_cloud, check_image
-from .worker import LabelWorker, Outputs, limit_compute_threads, warm_up
+from .worker import LabelWorker, Outputs, limit_compute_threads, warm_up, within_compute_threads
 
 # What stops the node at start-up with one line and exit code 2.
 STARTUP_ERRORS = (ConfigError, InputError, ModelLoadError)
@@ -65,7 +65,8 @@ class LabellerNode(Node):
         values = current_values(self)
         self.settings: NodeSettings = build_settings(values)
         self._cameras: list[CameraSpec] = build_cameras(values)
-        cfg = build_config(values)
+        threads = limit_compute_threads(self.settings.compute_threads)
+        cfg = within_compute_threads(build_config(values), threads)
         self._intensity_scale = parse_intensity_scale(cfg.points.intensity_scale)
         from ..pipeline import LabelPipeline
 
@@ -73,7 +74,6 @@ class LabellerNode(Node):
         if labeler is not None:
             # An injected labeller keeps its own template list; make it follow this node's parameters.
             pipeline.set_templates(cfg.clip.templates)
-        threads = limit_compute_threads(self.settings.compute_threads)
         t0 = time.monotonic()
         warm_up(pipeline)  # raises ModelLoadError: the node does not start with a model it cannot load
         model_s = time.monotonic() - t0
@@ -98,7 +98,7 @@ class LabellerNode(Node):
             latency_ms=self.create_publisher(msg("Float64"), "debug/pipeline_latency_ms", output_qos(10)),
         )
         self.worker = LabelWorker(pipeline, outputs, self.log, self.get_logger(), lambda: self.settings,
-                                  lambda: self.get_clock().now().nanoseconds * 1e-9)
+                                  lambda: self.get_clock().now().nanoseconds * 1e-9, thread_cap=threads)
 
         inputs = MutuallyExclusiveCallbackGroup()
         reliable = self.settings.reliable
@@ -128,7 +128,7 @@ class LabellerNode(Node):
             f"cameras {[c.label for c in self._cameras]}, extrinsics from {self.extrinsics.mode}, affinity online "
             f"(window {cfg.affinity.window_frames}), inputs {'reliable' if self.settings.reliable else 'best effort'}, "
             f"slop {self.settings.slop} s, max_points {self.settings.max_points}, "
-            f"compute threads {threads or 'library defaults'}"
+            f"compute threads {threads or 'library defaults'} (geometry {cfg.geometry_threads})"
         )
 
     # ------------------------------------------------------------------ public read-outs (tests, tools)
