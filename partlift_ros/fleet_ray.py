@@ -73,13 +73,15 @@ class RemoteClip:
 
 def label_chunk_task(job, chunk: list[int], actor, progress, source_no: int):
     """One chunk of ``job`` labelled in a Ray worker; returns (ChunkResult, seconds, peak RSS MiB)."""
+    from .helper_threads import geometry_threads_at_most
     from .io.writers import LabelRunWriter
     from .label_chunks import label_chunk
     from .label_run import seen_labels_setter
     from .pipeline import LabelPipeline
 
     t0 = time.perf_counter()
-    pipeline = LabelPipeline(job.cfg)  # no CLIP here: the actor encodes
+    # No CLIP here (the actor encodes); the task holds one CPU, so its geometry keeps to job.threads.
+    pipeline = LabelPipeline(geometry_threads_at_most(job.cfg, job.cfg.job.threads))
     writer = LabelRunWriter.open(job.out_dir, job.cfg.classes)
 
     def on_frame(index: int, what: str) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import replace
+
+from .config import PipelineConfig
 
 
 class InlineExecutor(Executor):
@@ -23,3 +26,13 @@ def helper_threads(count: int) -> Executor:
     if count < 1:
         return InlineExecutor()
     return ThreadPoolExecutor(count, thread_name_prefix="geometry")
+
+
+def geometry_threads_at_most(cfg: PipelineConfig, cap: int) -> PipelineConfig:
+    """``cfg`` with ``geometry_threads`` at most ``cap`` (0 = no cap), for processes with a thread budget: the
+    node's ``compute_threads`` (on 2 cores a second geometry thread took the core the executor needs: 1.5-min
+    soak, 16 % fewer frames labelled, 19 clouds missed their image) and a fleet chunk task's ``job.threads``
+    (Ray gives each task one CPU)."""
+    if cap > 0 and cfg.geometry_threads > cap:
+        cfg = replace(cfg, geometry_threads=cap)
+    return cfg

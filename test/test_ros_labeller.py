@@ -793,11 +793,11 @@ def test_rviz_config_shows_the_node_outputs_in_the_lidar_frame():
 
 def test_geometry_threads_stay_within_the_compute_threads():
     """The geometry's helper threads count as compute threads: the node never runs more than compute_threads."""
-    from partlift_ros.ros.worker import within_compute_threads
+    from partlift_ros.helper_threads import geometry_threads_at_most
 
     cfg = PipelineConfig(geometry_threads=3)
-    assert within_compute_threads(cfg, 1).geometry_threads == 1
-    assert within_compute_threads(cfg, 2).geometry_threads == 2
-    assert within_compute_threads(cfg, 8).geometry_threads == 3
-    assert within_compute_threads(cfg, 0).geometry_threads == 3  # -1 = the libraries' defaults: no cap
+    assert geometry_threads_at_most(cfg, 1).geometry_threads == 1
+    assert geometry_threads_at_most(cfg, 2).geometry_threads == 2
+    assert geometry_threads_at_most(cfg, 8).geometry_threads == 3
+    assert geometry_threads_at_most(cfg, 0).geometry_threads == 3  # -1 = the libraries' defaults: no cap
     assert cfg.geometry_threads == 3  # the given config is not changed

@@ -37,6 +37,7 @@ from rcl_interfaces.msg import SetParametersResult
 
 from ..clip_labeling import ModelLoadError
 from ..config import ConfigError
+from ..helper_threads import geometry_threads_at_most
 from ..points import parse_intensity_scale
 from ..types import InputError
 from . import conversions as conv
@@ -50,7 +51,7 @@ from .params import (
 from .qos import input_qos, output_qos, overridable
 from .transforms import Extrinsics
 from .validation import Rejected, check_camera_info, check_cloud, check_image
-from .worker import LabelWorker, Outputs, limit_compute_threads, warm_up, within_compute_threads
+from .worker import LabelWorker, Outputs, limit_compute_threads, warm_up
 
 # What stops the node at start-up with one line and exit code 2.
 STARTUP_ERRORS = (ConfigError, InputError, ModelLoadError)
@@ -66,7 +67,7 @@ class LabellerNode(Node):
         self.settings: NodeSettings = build_settings(values)
         self._cameras: list[CameraSpec] = build_cameras(values)
         threads = limit_compute_threads(self.settings.compute_threads)
-        cfg = within_compute_threads(build_config(values), threads)
+        cfg = geometry_threads_at_most(build_config(values), threads)
         self._intensity_scale = parse_intensity_scale(cfg.points.intensity_scale)
         from ..pipeline import LabelPipeline
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from ..config import PipelineConfig, flatten
+from ..helper_threads import geometry_threads_at_most
 from ..io.pointcloud2 import labelled_cloud_array
 from ..types import InputError
 from . import conversions as conv
@@ -65,15 +66,6 @@ def limit_compute_threads(n: int) -> int:
     threadpool_limits(n)
     cv2.setNumThreads(n)
     return n
-
-
-def within_compute_threads(cfg: PipelineConfig, cap: int) -> PipelineConfig:
-    """``cfg`` with ``geometry_threads`` at most ``cap`` (the resolved ``compute_threads``; 0 = no cap): the
-    geometry's helper threads are compute threads too, and on 2 cores a second one took the core the executor
-    needs (1.5-min soak: 16 % fewer frames labelled, 20 pairs missed)."""
-    if cap > 0 and cfg.geometry_threads > cap:
-        cfg = replace(cfg, geometry_threads=cap)
-    return cfg
 
 
 def warm_up(pipeline: Any) -> None:
@@ -231,7 +223,7 @@ class LabelWorker:
             self._pipeline.reset()
         if cfg is None:
             return
-        cfg = within_compute_threads(cfg, self._thread_cap)
+        cfg = geometry_threads_at_most(cfg, self._thread_cap)
         old = flatten(self._pipeline.cfg)
         changed = {k for k, v in flatten(cfg).items() if old.get(k) != v}
         if not changed:
