@@ -205,3 +205,12 @@ def test_organised_cloud_keeps_its_layout_and_follows_the_intensity_rule(rig, sc
     labels, _ = predict(model, finite)
     np.testing.assert_array_equal(out["label"][~no_return], labels)
     np.testing.assert_allclose(out["intensity"][~no_return], finite[:, 3], atol=1e-6)
+
+
+def test_a_diagnostics_timer_firing_during_destroy_node_raises_nothing(checkpoint, ros_context):
+    """As for the labeller: a timer callback the executor took before destroy_node must not end its spin."""
+    ctx, _ = ros_context
+    node = StudentNode(namespace="/closing", context=ctx, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint))])
+    node.destroy_node()
+    node._publish_diagnostics()  # what that timer callback does after destroy_node: no InvalidHandle

@@ -42,7 +42,7 @@ from ..points import parse_intensity_scale
 from ..types import InputError
 from . import conversions as conv
 from .diagnostics import InputLog, labeller_statuses
-from .spin import exit_now, steady_clock
+from .spin import exit_now, steady_clock, unless_destroyed
 from .pairing import CameraImage, Cloud, Pairer
 from .params import (
     NODE_KEYS, CameraSpec, NodeSettings, build_cameras, build_config, build_settings, current_values,
@@ -207,6 +207,7 @@ class LabellerNode(Node):
         with self._lock:
             self._pairer.camera_info[cam] = info
 
+    @unless_destroyed
     def _pair_ready(self) -> None:
         """Hand every cloud that can be paired now to the worker."""
         with self._lock:
@@ -233,6 +234,7 @@ class LabellerNode(Node):
             self.worker.reconfigure(cfg)
 
     # ------------------------------------------------------------------ diagnostics
+    @unless_destroyed
     def _publish_diagnostics(self) -> None:
         self._pair_ready()
         conv.publish_diagnostics(self, self._diag_pub, self.diagnostic_statuses())

@@ -7,6 +7,7 @@ configuration error (2) from a crash (1) and a clean stop (0).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -61,3 +62,22 @@ def steady_clock():
     from rclpy.clock import Clock, ClockType
 
     return Clock(clock_type=ClockType.STEADY_TIME)
+
+
+def unless_destroyed(callback: Callable) -> Callable:
+    """A timer callback that returns quietly when it runs while its node is destroyed.
+
+    The executor runs a callback it already took even while ``destroy_node`` runs; the node's handles then
+    raise InvalidHandle, which would end the executor's spin and starve every other node it serves (seen in a
+    full test run).
+    """
+    from rclpy.exceptions import InvalidHandle
+
+    @functools.wraps(callback)
+    def guarded(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except InvalidHandle:
+            return None
+
+    return guarded

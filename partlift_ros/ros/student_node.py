@@ -35,7 +35,7 @@ from .diagnostics import OK, WARN, InputLog
 from .params import NUMBER_OR_WORD_KEYS
 from .qos import input_qos, output_qos, overridable
 from .queues import LatestSlot
-from .spin import exit_now, steady_clock
+from .spin import exit_now, steady_clock, unless_destroyed
 from .validation import Rejected, check_cloud
 
 PARAMETERS: dict[str, Any] = {
@@ -208,6 +208,7 @@ class StudentNode(Node):
                                    f"{s['labelled']} clouds labelled, {s['dropped']} dropped while busy", processing),
         ]
 
+    @unless_destroyed
     def _publish_diagnostics(self) -> None:
         conv.publish_diagnostics(self, self._diag_pub, self.diagnostic_statuses())
 
