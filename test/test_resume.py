@@ -55,11 +55,17 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(tmp_path, seq0
     assert f"interrupted: {die_at} frames labelled by this run" in text(r) and "re-running the same command resumes" in text(r)
     assert sorted(p.name for p in (run / "labels").iterdir()) == [f"{i:06d}.label" for i in range(die_at)]
     assert not (tmp_path / "run.mcap").exists() and not list(run.rglob("*.tmp"))
+    # What a process killed mid-write leaves (kill -9, a Ray node removed): the resumed run sweeps it away
+    # (fleet._remove_temp_files, once no writer is left).
+    stale = [run / "labels" / f".{die_at:06d}.label.k1ll3d.tmp", run / "frames" / f".{die_at:06d}.npz.k1ll3d.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
 
     monkeypatch.setattr(writers.LabelRunWriter, "write", real_write)
     r = label(run)
     assert r.exit_code == 0, r.output
     assert f"{die_at} already done (resuming)" in text(r)
+    assert not list(run.rglob("*.tmp"))
     assert run_files(run) == run_files(ref)  # every .label and every .npz array, byte for byte
     assert bag_clouds(tmp_path / "run.mcap") == bag_clouds(tmp_path / "ref.mcap")  # all four frames
 
