@@ -605,7 +605,8 @@ def test_vocabulary_and_templates_change_at_runtime(rig_factory, kitti, labeler)
 
     # Refused: offline affinity, an unknown clustering method, a 3-value T_cam_lidar, an image type switch.
     for bad in [Parameter("affinity.mode", value="offline"), Parameter("clustering.method", value="kmeans"),
-                Parameter("T_cam_lidar", value=[1.0, 2.0, 3.0]), Parameter("use_compressed", value=True)]:
+                Parameter("T_cam_lidar", value=[1.0, 2.0, 3.0]), Parameter("use_compressed", value=True),
+                Parameter("geometry_threads", value=0)]:
         (res,) = node.set_parameters([bad])
         assert not res.successful and res.reason, bad.name
 

@@ -1,7 +1,8 @@
 """Superpoints: the over-segmentation that CLIP labels one piece at a time (one module per idea).
 
 ``segment_superpoints`` is the per-frame entry; ``image_free_cues`` computes the supervoxel method's image-free
-part (``cues.py``) apart, so that a caller can run it while the images are segmented. Two methods, chosen by ``ClusteringConfig.method``:
+part (``cues.py``) apart, so that a caller can run it while the images are segmented. Two methods, chosen by
+``ClusteringConfig.method``:
 
 - ``"supervoxel"`` (``supervoxel.py``): annotation-free over-segmentation of all eligible points, ground included,
   into class-pure pieces merged down to a budget that follows the view (``budget.py``), using the ground

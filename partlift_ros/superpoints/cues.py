@@ -51,7 +51,7 @@ def scan_cues(
     points_xyz = np.asarray(points[idx, :3])
     order = np.lexsort((points_xyz[:, 2], points_xyz[:, 1], points_xyz[:, 0]))
     idx, xyz = idx[order], points_xyz[order].astype(np.float64)
-    if executor is None or idx.size == 0:  # (nothing to fit: no thread)
+    if executor is None or idx.size == 0:  # no points: nothing worth a thread
         ground, raised, height = _ground_cues(xyz, cfg)
     else:
         ground_job = executor.submit(_ground_cues, xyz, cfg)
